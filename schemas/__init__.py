@@ -1,0 +1,82 @@
+"""The contracts between stages: records, manifests, stage configs. Pydantic models only, no I/O."""
+
+from pydantic import BaseModel
+
+from schemas.base import Config, Record, canonical_json, config_hash, sha256_hex
+from schemas.configs import (
+    STAGE_CONFIGS,
+    AnnotateConfig,
+    Endpoint,
+    EvalConfig,
+    GRPOConfig,
+    JudgeConfig,
+    Parallelism,
+    PublishConfig,
+    SampleConfig,
+    SFTConfig,
+    TransformersRunner,
+    ValidateConfig,
+    VLLMLaunch,
+)
+from schemas.manifest import MANIFEST_FILE, FileEntry, InputRef, Manifest, ManifestKind, output_address
+from schemas.records import (
+    CoTRecord,
+    Entity,
+    Generation,
+    JudgeVerdict,
+    Mention,
+    NERExample,
+    Passage,
+    Prediction,
+    SamplingParams,
+)
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    m.__name__: m for m in (Passage, NERExample, CoTRecord, JudgeVerdict, Prediction)
+}
+"""Record models that dataset files hold, by the name a manifest's ``FileEntry.record_type`` uses."""
+
+EXPORTED: dict[str, type[BaseModel]] = {
+    **{m.__name__: m for m in (Entity, Mention, Generation, SamplingParams, Manifest)},
+    **RECORD_TYPES,
+    **{m.__name__: m for m in STAGE_CONFIGS.values()},
+}
+"""Every model ``rner schemas export`` writes a JSON Schema for."""
+
+__all__ = [
+    "EXPORTED",
+    "MANIFEST_FILE",
+    "RECORD_TYPES",
+    "STAGE_CONFIGS",
+    "AnnotateConfig",
+    "CoTRecord",
+    "Config",
+    "Endpoint",
+    "Entity",
+    "EvalConfig",
+    "FileEntry",
+    "GRPOConfig",
+    "Generation",
+    "InputRef",
+    "JudgeConfig",
+    "JudgeVerdict",
+    "Manifest",
+    "ManifestKind",
+    "Mention",
+    "NERExample",
+    "Parallelism",
+    "Passage",
+    "Prediction",
+    "PublishConfig",
+    "Record",
+    "SFTConfig",
+    "SampleConfig",
+    "SamplingParams",
+    "TransformersRunner",
+    "VLLMLaunch",
+    "ValidateConfig",
+    "canonical_json",
+    "config_hash",
+    "output_address",
+    "sha256_hex",
+]

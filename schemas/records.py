@@ -1,0 +1,170 @@
+"""Dataset records: what flows between stages, one JSON object per line of a shard.
+
+Offsets are character offsets into ``text`` (Python string indices, end exclusive): an entity is valid
+only where ``text[start:end] == entity.text``. Records that carry a passage check that on construction,
+so a record that made it into a shard is grounded by construction.
+
+Usage::
+
+    ex = NERExample(id="n1", text="Ada Lovelace met Babbage.", labels=["person"],
+                    entities=[Entity(text="Ada Lovelace", label="person", start=0, end=12)])
+    ex.model_dump_json()        # one JSONL line
+    NERExample.model_validate_json(line)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, NonNegativeInt, model_validator
+
+from schemas.base import Name, Record, Seq
+
+SCHEMA_VERSION: Literal[1] = 1
+
+Score = Annotated[float, Field(ge=0, le=10)]
+
+
+class Mention(Record):
+    """An entity as a model states it: surface text and type, no position (yet)."""
+
+    text: Annotated[str, Field(min_length=1)]
+    label: Name
+
+
+class Entity(Mention):
+    """A mention grounded in its passage."""
+
+    start: NonNegativeInt
+    end: NonNegativeInt
+
+    @model_validator(mode="after")
+    def _span_matches_length(self) -> Self:
+        if self.end - self.start != len(self.text):
+            raise ValueError(
+                f"span [{self.start}, {self.end}) has length {self.end - self.start} "
+                f"but text {self.text!r} has length {len(self.text)}"
+            )
+        return self
+
+
+def check_grounded(text: str, entities: tuple[Entity, ...]) -> None:
+    for i, e in enumerate(entities):
+        if text[e.start : e.end] != e.text:
+            raise ValueError(f"entities[{i}]: text[{e.start}:{e.end}] is {text[e.start : e.end]!r}, not {e.text!r}")
+
+
+class Passage(Record):
+    """Raw input for annotation: a passage and, optionally, the entity types to look for."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: Name
+    text: Annotated[str, Field(min_length=1)]
+    labels: Seq[Name] = ()
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> Self:
+        repeated = sorted(label for label, n in Counter(self.labels).items() if n > 1)
+        if repeated:
+            raise ValueError(f"labels repeat: {repeated}")
+        return self
+
+
+class NERExample(Passage):
+    """A labelled example: gold entities, each of a type in ``labels`` (the example's schema)."""
+
+    entities: Seq[Entity] = ()
+
+    @model_validator(mode="after")
+    def _entities_in_text_and_schema(self) -> Self:
+        check_grounded(self.text, self.entities)
+        schema = set(self.labels)
+        for i, e in enumerate(self.entities):
+            if e.label not in schema:
+                raise ValueError(f"entities[{i}]: label {e.label!r} is not in labels {list(self.labels)}")
+        return self
+
+
+class SamplingParams(Record):
+    """Decoding parameters of one LLM request (a subset of the OpenAI/vLLM parameters)."""
+
+    temperature: Annotated[float, Field(ge=0)] = 0.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    max_tokens: Annotated[int, Field(gt=0)] = 1024
+    seed: int | None = None
+
+
+class Generation(Record):
+    """Provenance of one LLM completion."""
+
+    model: Name
+    sampling: SamplingParams
+    request_key: Annotated[str, Field(min_length=1)]
+    prompt_tokens: NonNegativeInt = 0
+    completion_tokens: NonNegativeInt = 0
+    latency_s: Annotated[float, Field(ge=0)] = 0.0
+    finish_reason: str | None = None
+
+
+class CoTRecord(Passage):
+    """A teacher's annotation of a passage: its reasoning, its entities, and how it was produced.
+
+    ``entities`` are the grounded mentions; ``ungrounded`` those whose text is not in the passage
+    (validation rejects records that have any). Labels outside ``labels`` are kept as the teacher
+    gave them, for the same reason.
+    """
+
+    reasoning: str
+    entities: Seq[Entity] = ()
+    ungrounded: Seq[Mention] = ()
+    completion: str
+    parse_error: str | None = None
+    teacher: Generation
+
+    @model_validator(mode="after")
+    def _entities_grounded(self) -> Self:
+        check_grounded(self.text, self.entities)
+        return self
+
+
+class JudgeVerdict(Record):
+    """A judge's 0-10 score of one CoT record's reasoning. No score means the reply could not be read."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: Name
+    score: Score | None
+    rationale: str = ""
+    completion: str
+    parse_error: str | None = None
+    judge: Generation
+
+    @model_validator(mode="after")
+    def _score_or_reason(self) -> Self:
+        if (self.score is None) == (self.parse_error is None):
+            raise ValueError("exactly one of score and parse_error must be set")
+        return self
+
+
+class Prediction(Record):
+    """A model's answer for one example: the raw completion and/or the entities.
+
+    ``entities`` items are grounded (``Entity``) where the span is known and bare ``Mention``s where
+    it is not. As input to ``rner score`` either field may be given alone; a completion without
+    entities is parsed then.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: Name
+    completion: str | None = None
+    reasoning: str | None = None
+    entities: Seq[Entity | Mention] | None = None
+    parse_error: str | None = None
+    generation: Generation | None = None
+
+    @model_validator(mode="after")
+    def _has_answer(self) -> Self:
+        if self.completion is None and self.entities is None:
+            raise ValueError("a prediction needs 'entities' or 'completion'")
+        return self

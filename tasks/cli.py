@@ -1,0 +1,124 @@
+"""``rner``: the command line.
+
+    rner model default                          # provision the embedded model, print its directory
+    rner score --gold G.jsonl --pred P.jsonl    # paper-metric F1 per dataset (--mode strict, --json)
+    rner schemas export DIR                     # JSON Schema of every contract
+    rner config show sft --preset paper         # a complete stage config to start from
+    rner demo                                   # the embedded-default demo (see README)
+
+Known failures (bad files, bad configs, unreachable store, missing model) print one clear message and
+exit with status 1; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from schemas import EXPORTED, STAGE_CONFIGS
+from tasks.config import ConfigError, build_config, dump_config, load_config
+from tasks.jsonl import RecordError, describe
+from tasks.models import ModelError, ensure_default_model
+from tasks.score import ScoreInputError, report_table, score_files
+from tasks.store import StoreError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning NER: data, training, evaluation.")
+schemas_app = typer.Typer(no_args_is_help=True, help="The Pydantic contracts between stages.")
+model_app = typer.Typer(no_args_is_help=True, help="Models: the embedded default and model references.")
+config_app = typer.Typer(no_args_is_help=True, help="Stage configs: presets, validation.")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(model_app, name="model")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+EXPECTED_ERRORS = (
+    RecordError,
+    ScoreInputError,
+    ConfigError,
+    ModelError,
+    StoreError,
+    ValidationError,
+    FileNotFoundError,
+)
+
+
+@schemas_app.command("export")
+def schemas_export(directory: Path) -> None:
+    """Write ``<Model>.schema.json`` for every record, manifest and stage config."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, model in sorted(EXPORTED.items()):
+        (directory / f"{name}.schema.json").write_text(json.dumps(model.model_json_schema(), indent=2) + "\n")
+    out.print(f"wrote {len(EXPORTED)} schemas to {directory}")
+
+
+@config_app.command("show")
+def config_show(
+    stage: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGE_CONFIGS)}.")],
+    preset: Annotated[str | None, typer.Option(help="Start from this preset (paper, smoke).")] = None,
+    file: Annotated[Path | None, typer.Option(help="A YAML config to validate and complete.")] = None,
+) -> None:
+    """Print a complete, validated stage config as YAML (a preset, a file, or both)."""
+    if stage not in STAGE_CONFIGS:
+        raise typer.BadParameter(f"must be one of {', '.join(STAGE_CONFIGS)}", param_hint="STAGE")
+    cls = STAGE_CONFIGS[stage]
+    if file:
+        config = load_config(cls, file, preset=preset)
+    else:
+        config = build_config(cls, {"preset": preset} if preset else {}, source=f"{stage} defaults")
+    print(dump_config(config), end="")
+
+
+@model_app.command("default")
+def model_default() -> None:
+    """Provision the embedded default model (SmolLM2-135M-Instruct) and print its directory."""
+    path = ensure_default_model()
+    print(path)
+
+
+@app.command()
+def score(
+    gold: Annotated[Path, typer.Option(help="NERExample JSONL (the dataset is each example's `source`).")],
+    pred: Annotated[Path, typer.Option(help="Prediction JSONL: `id` and `entities` or a raw `completion`.")],
+    mode: Annotated[str, typer.Option(help="paper (normalized text+label sets) or strict (exact spans).")] = "paper",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Micro P/R/F1 per dataset and the unweighted average over datasets."""
+    if mode not in ("paper", "strict"):
+        raise typer.BadParameter("must be 'paper' or 'strict'", param_hint="--mode")
+    report = score_files(gold, pred, mode)  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        out.print(report_table(report))
+
+
+@app.command()
+def demo(
+    limit: Annotated[int, typer.Option(help="Demo test passages to run the model on.")] = 6,
+    max_tokens: Annotated[int, typer.Option(help="Generation budget per passage.")] = 192,
+) -> None:
+    """Provision the default model, extract entities from demo passages with it, store and score them."""
+    from tasks.demo import run_demo
+
+    run_demo(limit=limit, max_tokens=max_tokens, console=out)
+
+
+def main() -> None:
+    try:
+        app()
+    except EXPECTED_ERRORS as e:
+        message = describe(e) if isinstance(e, ValidationError) else str(e)
+        err.print(f"[bold red]error:[/] {message}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Stage configs from YAML: presets, overrides, and errors that name the file and the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schemas import STAGE_CONFIGS, SFTConfig
+from tasks.config import ConfigError, dump_config, load_config
+
+
+def test_preset_plus_overrides_from_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "sft.yaml"
+    path.write_text("preset: paper\ndataset: datasets/ner-cot/v2\nlearning_rate: 1e-5\nparallel:\n  num_nodes: 2\n")
+    config = load_config(SFTConfig, path)
+    assert config.learning_rate == 1e-5 and config.parallel.num_nodes == 2
+    assert config.parallel.processes_per_node == 8  # nested preset values survive a partial override
+    assert config.epochs == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dataset: d\nlearning_rate: -1\n", r"sft\.yaml: invalid SFTConfig: learning_rate: Input should be greater"),
+        ("dataset: d\nparallel:\n  num_nodse: 2\n", r"parallel\.num_nodse: Extra inputs are not permitted"),
+        ("preset: huge\n", r"sft\.yaml: SFTConfig has no preset 'huge'"),
+        ("- a\n- b\n", r"expected a mapping of SFTConfig fields, got list"),
+        ("dataset: [unclosed\n", r"cannot read it as YAML"),
+    ],
+)
+def test_bad_config_files_name_file_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "sft.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(SFTConfig, path)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_CONFIGS))
+def test_dumped_presets_load_back_identically(tmp_path: Path, stage: str) -> None:
+    cls = STAGE_CONFIGS[stage]
+    for preset in cls.PRESETS:
+        config = cls.preset(preset)
+        path = tmp_path / f"{stage}-{preset}.yaml"
+        path.write_text(dump_config(config))
+        assert load_config(cls, path) == config
+
+
+def test_config_show_cli(tmp_path: Path) -> None:
+    show = [sys.executable, "-m", "tasks.cli", "config", "show"]
+    result = subprocess.run([*show, "grpo", "--preset", "paper"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["num_generations"] == 16
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epsilon: 0\n")
+    result = subprocess.run([*show, "grpo", "--preset", "smoke", "--file", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "bad.yaml: invalid GRPOConfig: epsilon: Input should be greater than 0" in result.stderr
