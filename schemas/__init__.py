@@ -6,6 +6,7 @@ from schemas.base import Config, Record, canonical_json, config_hash, sha256_hex
 from schemas.configs import (
     STAGE_CONFIGS,
     AnnotateConfig,
+    CGConfig,
     Endpoint,
     EvalConfig,
     GRPOConfig,
@@ -28,11 +29,13 @@ from schemas.records import (
     NERExample,
     Passage,
     Prediction,
+    Rejection,
+    RejectReason,
     SamplingParams,
 )
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    m.__name__: m for m in (Passage, NERExample, CoTRecord, JudgeVerdict, Prediction)
+    m.__name__: m for m in (Passage, NERExample, CoTRecord, JudgeVerdict, Prediction, Rejection)
 }
 """Record models that dataset files hold, by the name a manifest's ``FileEntry.record_type`` uses."""
 
@@ -49,6 +52,7 @@ __all__ = [
     "RECORD_TYPES",
     "STAGE_CONFIGS",
     "AnnotateConfig",
+    "CGConfig",
     "CoTRecord",
     "Config",
     "Endpoint",
@@ -69,6 +73,8 @@ __all__ = [
     "Prediction",
     "PublishConfig",
     "Record",
+    "RejectReason",
+    "Rejection",
     "SFTConfig",
     "SampleConfig",
     "SamplingParams",

@@ -92,11 +92,15 @@ Generator = Annotated[Endpoint | VLLMLaunch | TransformersRunner, Field(discrimi
 
 
 class LLMStage(Config):
-    """What every stage that sends requests to an LLM server shares."""
+    """What every stage that sends requests to an LLM server shares.
 
-    VOLATILE = frozenset({"concurrency", "request_timeout_s", "max_retries", "shard_size"})
-    input: Name
-    """Address of the input manifest in the store."""
+    ``input`` is where the stage reads from; the output is pinned to the input's content by digest, so
+    the address itself is not part of the config hash. ``shard_size`` is: shard boundaries are part of
+    what a resumed run must find again.
+    """
+
+    VOLATILE = frozenset({"input", "concurrency", "request_timeout_s", "max_retries"})
+    input: Name | None = None
     sampling: SamplingParams = SamplingParams()
     shard_size: PositiveInt = 64
     concurrency: PositiveInt = 64
@@ -105,36 +109,38 @@ class LLMStage(Config):
 
 
 _R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768}
+_SMOKE_LLM = {"shard_size": 8, "concurrency": 16, "request_timeout_s": 120.0}
 
 
 class AnnotateConfig(LLMStage):
-    """CG step 1: a teacher LLM writes reasoning and entities for each passage."""
+    """CG step 1: a teacher LLM writes reasoning and entities for each passage.
+
+    ``input``: a prefix in the store holding raw passage JSONL files (``Passage`` lines), or the address
+    of a published ``passages``/``ner`` output.
+    """
 
     teacher: Server = VLLMLaunch()
+    max_passage_chars: PositiveInt = 20_000
+    """Longer passages are rejected (``text_too_long``), never truncated."""
     PRESETS: ClassVar = {
         "paper": {
-            "input": "raw/passages",
             "teacher": {"kind": "vllm", "model": PAPER_TEACHER, "tensor_parallel_size": 8, "max_model_len": 40960},
             "sampling": _R1_SAMPLING,
         },
-        "smoke": {
-            "input": "raw/passages",
-            "sampling": {"temperature": 0.0, "max_tokens": 256},
-            "shard_size": 8,
-            "concurrency": 16,
-        },
+        "smoke": {"sampling": {"temperature": 0.0, "max_tokens": 256}, **_SMOKE_LLM},
     }
 
 
 class ValidateConfig(Config):
     """CG step 2: structural checks of each CoT record, with reason codes."""
 
-    input: Name
+    VOLATILE = frozenset({"input"})
+    input: Name | None = None
     max_reasoning_chars: PositiveInt = 20_000
     max_answer_chars: PositiveInt = 8_000
     max_entities: PositiveInt = 256
     require_mentions_in_reasoning: bool = True
-    PRESETS: ClassVar = {"paper": {"input": "cot/raw"}, "smoke": {"input": "cot/raw"}}
+    PRESETS: ClassVar = {"paper": {}, "smoke": {}}
 
 
 class JudgeConfig(LLMStage):
@@ -143,30 +149,67 @@ class JudgeConfig(LLMStage):
     judge: Server = VLLMLaunch()
     PRESETS: ClassVar = {
         "paper": {
-            "input": "cot/valid",
             "judge": {"kind": "vllm", "model": PAPER_JUDGE, "tensor_parallel_size": 4, "max_model_len": 40960},
             "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 8192},
         },
-        "smoke": {
-            "input": "cot/valid",
-            "sampling": {"temperature": 0.0, "max_tokens": 64},
-            "shard_size": 8,
-            "concurrency": 16,
-        },
+        "smoke": {"sampling": {"temperature": 0.0, "max_tokens": 64}, **_SMOKE_LLM},
     }
 
 
 class PublishConfig(Config):
     """CG step 4: keep records the judge scored at least ``min_score`` as a new NER-CoT version."""
 
-    cot: Name
-    verdicts: Name
+    VOLATILE = frozenset({"cot", "verdicts"})
+    cot: Name | None = None
+    """Address of the validated CoT records."""
+    verdicts: Name | None = None
+    """Address of the judge's verdicts on them."""
     min_score: Annotated[float, Field(ge=0, le=10)] = 9.0
     dataset: Name = "ner-cot"
+    PRESETS: ClassVar = {"paper": {"min_score": 9.0}, "smoke": {"min_score": 0.0}}
+
+
+class CGConfig(Config):
+    """The four CG steps as one run (``rner cg run``): annotate → validate → judge → publish.
+
+    ``input`` is the raw passages; each step's own input is the previous step's output, so the steps
+    must not name inputs themselves. When teacher and judge are the same launch spec, one server serves
+    both.
+    """
+
+    VOLATILE = frozenset({"input"})
+    input: Name
+    annotate: AnnotateConfig = AnnotateConfig()
+    validation: ValidateConfig = ValidateConfig()
+    judge: JudgeConfig = JudgeConfig()
+    publish: PublishConfig = PublishConfig()
     PRESETS: ClassVar = {
-        "paper": {"cot": "cot/valid", "verdicts": "cot/judged", "min_score": 9.0},
-        "smoke": {"cot": "cot/valid", "verdicts": "cot/judged", "min_score": 0.0},
+        name: {
+            "input": "raw/passages",
+            "annotate": AnnotateConfig.PRESETS[name],
+            "validation": ValidateConfig.PRESETS[name],
+            "judge": JudgeConfig.PRESETS[name],
+            "publish": PublishConfig.PRESETS[name],
+        }
+        for name in ("paper", "smoke")
     }
+
+    @model_validator(mode="after")
+    def _steps_take_no_inputs(self) -> Self:
+        named = [
+            step
+            for step, value in (
+                ("annotate.input", self.annotate.input),
+                ("validation.input", self.validation.input),
+                ("judge.input", self.judge.input),
+                ("publish.cot", self.publish.cot),
+                ("publish.verdicts", self.publish.verdicts),
+            )
+            if value is not None
+        ]
+        if named:
+            raise ValueError(f"{', '.join(named)}: set only the CG config's `input`; the steps are chained")
+        return self
 
 
 class Parallelism(Config):
@@ -368,6 +411,7 @@ STAGE_CONFIGS: dict[str, type[Config]] = {
     "validate": ValidateConfig,
     "judge": JudgeConfig,
     "publish": PublishConfig,
+    "cg": CGConfig,
     "sft": SFTConfig,
     "sample": SampleConfig,
     "grpo": GRPOConfig,

@@ -56,11 +56,14 @@ def check_grounded(text: str, entities: tuple[Entity, ...]) -> None:
 
 
 class Passage(Record):
-    """Raw input for annotation: a passage and, optionally, the entity types to look for."""
+    """Raw input for annotation: a passage and, optionally, the entity types to look for.
+
+    Empty text is allowed here so that a raw file with a blank passage loads; stages skip and count it.
+    """
 
     schema_version: Literal[1] = SCHEMA_VERSION
     id: Name
-    text: Annotated[str, Field(min_length=1)]
+    text: str
     labels: Seq[Name] = ()
     source: str = ""
 
@@ -168,3 +171,30 @@ class Prediction(Record):
         if self.completion is None and self.entities is None:
             raise ValueError("a prediction needs 'entities' or 'completion'")
         return self
+
+
+RejectReason = Literal[
+    "empty_text",  # annotate: nothing to annotate
+    "text_too_long",  # annotate: over the configured limit
+    "parse_error",  # validate: the completion has no readable answer
+    "no_reasoning",  # validate: no reasoning before the answer
+    "reasoning_too_long",
+    "answer_too_long",
+    "too_many_entities",
+    "ungrounded_entity",  # validate: an entity text that is not in the passage
+    "label_not_in_schema",
+    "entity_not_in_reasoning",
+    "duplicate_entity",  # the same span listed twice with the same label
+    "conflicting_labels",  # the same span listed with two labels
+    "no_score",  # judge: the reply has no readable 0-10 score
+]
+
+
+class Rejection(Record):
+    """Why a record left the CG pipeline, with every reason that applies (not just the first)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: Name
+    stage: Name
+    reasons: Annotated[Seq[RejectReason], Field(min_length=1)]
+    detail: str = ""

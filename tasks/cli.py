@@ -4,6 +4,8 @@
     rner score --gold G.jsonl --pred P.jsonl    # paper-metric F1 per dataset (--mode strict, --json)
     rner schemas export DIR                     # JSON Schema of every contract
     rner config show sft --preset paper         # a complete stage config to start from
+    rner data demo                              # demo passages into the store as raw CG input
+    rner cg run --config cg.yaml                # CoT generation; also cg annotate|validate|judge|publish
     rner demo                                   # the embedded-default demo (see README)
 
 Known failures (bad files, bad configs, unreachable store, missing model) print one clear message and
@@ -13,20 +15,18 @@ exit with status 1; a traceback means a bug.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 
 from schemas import EXPORTED, STAGE_CONFIGS
-from tasks.config import ConfigError, build_config, dump_config, load_config
-from tasks.jsonl import RecordError, describe
-from tasks.models import ModelError, ensure_default_model
-from tasks.score import ScoreInputError, report_table, score_files
-from tasks.store import StoreError
+from tasks.config import build_config, dump_config, load_config
+from tasks.models import ensure_default_model
+from tasks.score import report_table, score_files
+from tasks.stage_cli import clean_errors, run_stage
+from tasks.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning NER: data, training, evaluation.")
 schemas_app = typer.Typer(no_args_is_help=True, help="The Pydantic contracts between stages.")
@@ -34,20 +34,54 @@ model_app = typer.Typer(no_args_is_help=True, help="Models: the embedded default
 config_app = typer.Typer(no_args_is_help=True, help="Stage configs: presets, validation.")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(model_app, name="model")
+cg_app = typer.Typer(no_args_is_help=True, help="CoT generation: annotate → validate → judge → publish.")
+data_app = typer.Typer(no_args_is_help=True, help="Data in the store.")
 app.add_typer(config_app, name="config")
+app.add_typer(cg_app, name="cg")
+app.add_typer(data_app, name="data")
+
+ConfigOption = Annotated[Path, typer.Option("--config", help="YAML config (may start with `preset:`).")]
+PresetOption = Annotated[str | None, typer.Option(help="Preset to start from when the file names none.")]
+StoreOption = Annotated[str | None, typer.Option(help="Store URL (default: RNER_STORE).")]
+
+
+def _cg_command(name: str, module: str, config_cls: str) -> None:
+    def command(config: ConfigOption, preset: PresetOption = None, store: StoreOption = None) -> None:
+        import importlib
+
+        import schemas
+
+        stage = importlib.import_module(module)
+        run_stage(getattr(schemas, config_cls), stage.run, config, preset, store)
+
+    command.__doc__ = f"Run the {name} step (``python -m {module}``); prints the output's address and digest."
+    cg_app.command(name)(command)
+
+
+for _name, _module, _cls in (
+    ("annotate", "tasks.annotate", "AnnotateConfig"),
+    ("validate", "tasks.validate", "ValidateConfig"),
+    ("judge", "tasks.judge", "JudgeConfig"),
+    ("publish", "tasks.publish", "PublishConfig"),
+    ("run", "tasks.cg", "CGConfig"),
+):
+    _cg_command(_name, _module, _cls)
+
+
+@data_app.command("demo")
+def data_demo(
+    prefix: Annotated[str, typer.Option(help="Where in the store the raw passage files go.")] = "raw/passages/demo",
+    store: StoreOption = None,
+) -> None:
+    """Put the demo corpus's training passages (without their gold entities) into the store as raw input."""
+    from tasks.demo import seed_passages
+
+    target = Store(store) if store else Store.from_settings()
+    for path in seed_passages(target, prefix):
+        print(target.uri(path))
+
 
 out = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-EXPECTED_ERRORS = (
-    RecordError,
-    ScoreInputError,
-    ConfigError,
-    ModelError,
-    StoreError,
-    ValidationError,
-    FileNotFoundError,
-)
 
 
 @schemas_app.command("export")
@@ -112,12 +146,8 @@ def demo(
 
 
 def main() -> None:
-    try:
+    with clean_errors():
         app()
-    except EXPECTED_ERRORS as e:
-        message = describe(e) if isinstance(e, ValidationError) else str(e)
-        err.print(f"[bold red]error:[/] {message}", highlight=False)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

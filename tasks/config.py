@@ -21,12 +21,13 @@ import yaml
 from pydantic import ValidationError
 
 from schemas import Config
+from tasks.errors import RnerError
 from tasks.jsonl import describe
 
 C = TypeVar("C", bound=Config)
 
 
-class ConfigError(ValueError):
+class ConfigError(RnerError, ValueError):
     """A config file that cannot be read or does not validate; the message names file and field."""
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from schemas import NERExample, Prediction, SamplingParams, TransformersRunner, output_address, sha256_hex
+from schemas import NERExample, Passage, Prediction, SamplingParams, TransformersRunner, output_address, sha256_hex
 from schemas.base import config_hash
 from schemas.configs import EvalConfig
-from tasks.jsonl import read_jsonl
+from tasks.jsonl import dump_jsonl, read_jsonl
 from tasks.metrics import Report, score
 from tasks.parse import ground, parse_completion
 from tasks.prompts import ner_messages
@@ -40,6 +40,17 @@ def demo_path(split: str) -> Path:
 
 def load_demo(split: str) -> list[NERExample]:
     return read_jsonl(demo_path(split), NERExample)
+
+
+def seed_passages(store: Store, prefix: str, split: str = "train", files: int = 2) -> list[str]:
+    """Write a demo split as raw passage files (``Passage`` JSONL, gold entities left out); their paths."""
+    passages = [Passage(id=ex.id, text=ex.text, labels=ex.labels, source=ex.source) for ex in load_demo(split)]
+    paths = []
+    for i in range(files):
+        path = f"{prefix.strip('/')}/demo-{split}-{i:02d}.jsonl"
+        store.put(path, dump_jsonl(passages[i::files], Passage, path))
+        paths.append(path)
+    return paths
 
 
 def spread(examples: list[NERExample], n: int) -> list[NERExample]:

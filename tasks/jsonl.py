@@ -18,10 +18,12 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from tasks.errors import RnerError
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class RecordError(ValueError):
+class RecordError(RnerError, ValueError):
     """A line of a JSONL file that is not a valid record."""
 
     def __init__(self, source: str, line: int, message: str) -> None:

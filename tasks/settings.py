@@ -7,6 +7,7 @@
 - ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``: S3 credentials (otherwise the instance's own).
 - ``RNER_STORE_TIMEOUT_S``: per-request timeout of the store (60).
 - ``RNER_STORE_RETRIES``: retries of a failed store request: 5xx, resets, timeouts (3).
+- ``RNER_VLLM_PYTHON``: interpreter of an environment with vLLM (the managed ``$RNER_HOME/venvs/vllm-*``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = Field(default=None, validation_alias=_env("AWS_SECRET_ACCESS_KEY"))
     store_timeout_s: PositiveFloat = Field(default=60.0, validation_alias=_env("RNER_STORE_TIMEOUT_S"))
     store_retries: NonNegativeInt = Field(default=3, validation_alias=_env("RNER_STORE_RETRIES"))
+    vllm_python: str | None = Field(default=None, validation_alias=_env("RNER_VLLM_PYTHON"))
 
     @property
     def home_dir(self) -> Path:

@@ -50,11 +50,12 @@ from schemas import (
     config_hash,
     sha256_hex,
 )
+from tasks.errors import RnerError
 from tasks.jsonl import describe, dump_jsonl, parse_lines
 from tasks.settings import Settings
 
 
-class StoreError(RuntimeError):
+class StoreError(RnerError, RuntimeError):
     """Base of every store failure; the message says which store and which path."""
 
 
@@ -194,9 +195,9 @@ class Store:
             raise NotPublished(f"nothing is published at {self.uri(address.strip('/'))} (no {MANIFEST_FILE})")
         return published
 
-    def read_file(self, manifest: Manifest, entry: FileEntry) -> bytes:
-        """A file of an output, refused unless its sha256 matches the manifest."""
-        path = f"{manifest.address}/{entry.path}"
+    def read_file(self, address: str, entry: FileEntry) -> bytes:
+        """A file of the output at ``address``, refused unless its sha256 matches ``entry``."""
+        path = f"{address}/{entry.path}"
         data = self.get(path)
         actual = sha256_hex(data)
         if actual != entry.sha256:
@@ -206,12 +207,16 @@ class Store:
         return data
 
     def records(self, manifest: Manifest, role: str = "data") -> Iterator[Record]:
-        """Every record of the output's files with ``role``, in file order, each validated."""
-        for entry in manifest.files_with(role):
+        """Every record of a published output's files with ``role``, in file order, each validated."""
+        return self.read_records(manifest.address, manifest.files_with(role))
+
+    def read_records(self, address: str, entries: Iterable[FileEntry]) -> Iterator[Record]:
+        """Records of the given files of the output at ``address`` (published or still being written)."""
+        for entry in entries:
             if entry.record_type not in RECORD_TYPES:
-                raise StoreError(f"{self.uri(manifest.address)}/{entry.path}: no record type {entry.record_type!r}")
-            data = self.read_file(manifest, entry)
-            source = self.uri(f"{manifest.address}/{entry.path}")
+                raise StoreError(f"{self.uri(address)}/{entry.path}: no record type {entry.record_type!r}")
+            data = self.read_file(address, entry)
+            source = self.uri(f"{address}/{entry.path}")
             yield from parse_lines(data.splitlines(), RECORD_TYPES[entry.record_type], source)
 
 

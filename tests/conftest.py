@@ -13,13 +13,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from schemas.configs import Endpoint, VLLMLaunch
+from tasks.serving import serve
 from tasks.settings import Settings
 from tasks.store import Store
+from tasks.vllm_env import vllm_python
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "tasks" / "corpus"
@@ -126,3 +130,61 @@ def default_model(rner_home: Path) -> Path:
     dirs = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(dirs) == 1, dirs
     return Path(dirs.pop())
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:  # the process ended while we looked
+        return ""
+
+
+def _process_group(pgid: int) -> set[int]:
+    """The living members of a process group; zombies count as gone (nobody may reap them in a container)."""
+    members = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _read(stat).rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[0] not in "ZX" and int(fields[2]) == pgid:
+            members.add(int(stat.parent.name))
+    return members
+
+
+def _processes_with_args(*args: str) -> list[int]:
+    """Pids of the processes whose command line contains ``args`` as consecutive arguments."""
+    needle = "\0".join(("", *args, ""))
+    return [int(c.parent.name) for c in Path("/proc").glob("[0-9]*/cmdline") if needle in "\0" + _read(c)]
+
+
+@pytest.fixture(scope="session")
+def process_group() -> Callable[[int], set[int]]:
+    """``process_group(pgid)``: the living members of a process group (a server started by ``serve``
+    leads its own group, so its pid is the group id)."""
+    return _process_group
+
+
+@pytest.fixture(scope="session")
+def processes_with_args() -> Callable[..., list[int]]:
+    """``processes_with_args(*args)``: pids whose command line contains these consecutive arguments."""
+    return _processes_with_args
+
+
+@pytest.fixture(scope="session")
+def vllm_python_exe(rner_home: Path) -> str:
+    """The vLLM interpreter: ``RNER_VLLM_PYTHON`` if set, else the managed virtualenv, built in this
+    session's RNER_HOME (about 100 s on a fresh machine)."""
+    return vllm_python(Settings(RNER_HOME=str(rner_home)))  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def vllm_endpoint(default_model: Path, vllm_python_exe: str) -> Iterator[Endpoint]:
+    """A real vLLM server (the default model, served as ``smollm2``), started once per session.
+
+    Its teardown checks that the server's whole process group (API server, engine core) is gone.
+    """
+    spec = VLLMLaunch(
+        model=str(default_model), served_name="smollm2", max_model_len=2048, kv_cache_gib=2, python=vllm_python_exe
+    )
+    with serve(spec) as endpoint:
+        [server] = _processes_with_args("--port", str(httpx.URL(endpoint.base_url).port))
+        yield endpoint
+    assert not _process_group(server), f"vLLM processes outlived serve(): {_process_group(server)}"

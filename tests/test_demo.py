@@ -31,7 +31,7 @@ def test_demo_publishes_predictions_and_matching_metrics(
     predictions = list(store.records(manifest))
     assert all(p.completion for p in predictions)
     [metrics_file] = manifest.files_with("report")
-    stored = json.loads(store.read_file(manifest, metrics_file))
+    stored = json.loads(store.read_file(manifest.address, metrics_file))
     gold = [ex for ex in read_jsonl(demo_path("test"), NERExample) if ex.id in {p.id for p in predictions}]
     assert stored == score(pair(gold, predictions)).to_dict()
     assert "outputs:" in console.export_text()

@@ -1,0 +1,139 @@
+"""CG step 1: a teacher LLM annotates passages with step-by-step reasoning and entities.
+
+Input: raw passage JSONL files under a store prefix (one ``Passage`` per line: id, text, optional
+entity-type list ``labels``; Pile-NER style), or a published ``passages``/``ner`` output. Every line is
+validated before any request is sent, so a malformed file fails with ``file:line`` and costs nothing.
+Passages with empty text are skipped and counted; longer than ``max_passage_chars`` are rejected with
+``text_too_long`` (never truncated). Each remaining passage gets one request with the teacher prompt
+(``tasks.prompts.teacher_messages``); the completion is parsed and grounded into a ``CoTRecord`` — parse
+failures are kept as records with ``parse_error`` set, for validate to count.
+
+Output (``cot/raw/annotate/<hash>``): CoTRecord shards, a rejects file, stats with token usage.
+
+Usage::
+
+    python -m tasks.annotate --config annotate.yaml
+    published = run(AnnotateConfig.preset("smoke", input="raw/passages"), Store.from_settings())
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from schemas import AnnotateConfig, CoTRecord, Endpoint, InputRef, Passage, Rejection, config_hash, output_address
+from schemas.base import sha256_hex
+from tasks.jsonl import parse_lines
+from tasks.llm import ChatResult
+from tasks.llm_stage import Progress, map_requests, pending_shards, serving
+from tasks.parse import ground, parse_completion
+from tasks.prompts import INSTRUCTION, TEACHER_GUIDANCE, prompt_digest, teacher_messages
+from tasks.stage_cli import stage_main
+from tasks.store import Published, Store, StoreError
+
+PROMPT = prompt_digest(INSTRUCTION, TEACHER_GUIDANCE)
+
+
+class PassageInputError(StoreError):
+    """The passages to annotate cannot be read."""
+
+
+def load_passages(store: Store, source: str) -> tuple[list[Passage], list[InputRef]]:
+    """Passages from a published output, or from the raw JSONL files under a prefix (in path order)."""
+    published = store.find(source)
+    if published is not None:
+        passages = [
+            Passage(id=r.id, text=r.text, labels=r.labels, source=r.source)  # type: ignore[attr-defined]
+            for r in store.records(published.manifest)
+        ]
+        refs = [published.ref]
+    else:
+        paths = [p for p in store.list(source) if p.endswith(".jsonl")]
+        if not paths:
+            raise PassageInputError(f"no passages at {store.uri(source)}: no manifest and no .jsonl files")
+        passages, refs = [], []
+        for path in paths:
+            data = store.get(path)
+            passages.extend(parse_lines(data.splitlines(), Passage, store.uri(path)))
+            refs.append(InputRef(address=path, digest=sha256_hex(data)))
+    repeated = [i for i, n in Counter(p.id for p in passages).items() if n > 1]
+    if repeated:
+        raise PassageInputError(f"passage ids must be unique under {store.uri(source)}; repeated: {repeated[:5]}")
+    return passages, refs
+
+
+def screen(passages: list[Passage], max_chars: int) -> tuple[list[Passage], list[Rejection]]:
+    keep, rejects = [], []
+    for p in passages:
+        if not p.text.strip():
+            rejects.append(Rejection(id=p.id, stage="annotate", reasons=["empty_text"]))
+        elif len(p.text) > max_chars:
+            detail = f"{len(p.text)} characters > max_passage_chars {max_chars}"
+            rejects.append(Rejection(id=p.id, stage="annotate", reasons=["text_too_long"], detail=detail))
+        else:
+            keep.append(p)
+    return keep, rejects
+
+
+def cot_record(passage: Passage, result: ChatResult, model: str, config: AnnotateConfig) -> CoTRecord:
+    parsed = parse_completion(result.text)
+    grounded = ground(passage.text, parsed.mentions)
+    return CoTRecord(
+        id=passage.id,
+        text=passage.text,
+        labels=passage.labels,
+        source=passage.source,
+        reasoning=parsed.reasoning or "",
+        entities=grounded.entities,
+        ungrounded=grounded.ungrounded,
+        completion=result.text,
+        parse_error=None if parsed.ok else f"{parsed.reason}: {parsed.detail}",
+        teacher=result.generation(model, config.sampling),
+    )
+
+
+def run(
+    config: AnnotateConfig,
+    store: Store,
+    *,
+    endpoint: Endpoint | None = None,
+    progress: Progress | None = None,
+) -> Published:
+    if config.input is None:
+        raise PassageInputError("annotate needs `input`: a prefix of raw passage files or a published output")
+    passages, refs = load_passages(store, config.input)
+    digest = sha256_hex(config_hash(config) + PROMPT)
+    out = store.output(output_address("annotate", digest, [r.digest for r in refs], prefix="cot/raw"))
+    if (published := out.published()) is not None:
+        return published
+    keep, rejects = screen(passages, config.max_passage_chars)
+    if pending_shards(out, keep, config.shard_size):
+        with serving(config.teacher, endpoint) as ep:
+            map_requests(
+                out,
+                keep,
+                config=config,
+                endpoint=ep,
+                messages=lambda p: teacher_messages(p.text, p.labels),
+                build=lambda p, r: cot_record(p, r, ep.model, config),
+                record_type=CoTRecord,
+                progress=progress,
+            )
+    shards = [entry for _, entry in sorted(out.committed_shards().items())]
+    records = list(store.read_records(out.address, shards))
+    stats = {
+        "passages": len(passages),
+        "annotated": len(records),
+        "parse_errors": sum(r.parse_error is not None for r in records),  # type: ignore[attr-defined]
+        "rejected": dict(Counter(reason for r in rejects for reason in r.reasons)),
+        "prompt_tokens": sum(r.teacher.prompt_tokens for r in records),  # type: ignore[attr-defined]
+        "completion_tokens": sum(r.teacher.completion_tokens for r in records),  # type: ignore[attr-defined]
+        "prompt": PROMPT,
+    }
+    files = [*shards, out.write("rejects", rejects, Rejection, role="rejects")]
+    return out.publish(kind="cot", stage="annotate", config=config, files=files, inputs=refs, stats=stats)
+
+
+main = stage_main(AnnotateConfig, run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Async client for any OpenAI-compatible chat endpoint (vLLM, SGLang, hosted APIs), with a durable request cache.
+
+Usage::
+
+    cache = StoreCache(store, f"{output.address}/_cache")    # finished requests survive a crash of the stage
+    async with LLMClient(endpoint, concurrency=64, timeout_s=600, max_retries=5, cache=cache) as llm:
+        results = await asyncio.gather(*(llm.chat(ner_messages(p.text, p.labels), sampling) for p in passages))
+    results[0].text                                 # what the parser reads: "<think>\\n…\\n</think>\\n\\n{…}"
+    results[0].generation(endpoint.model, sampling) # provenance for CoTRecord.teacher / JudgeVerdict.judge
+    llm.usage                                       # requests, cached, tokens and latency so far
+
+Retries are the OpenAI SDK's own: up to ``max_retries`` more attempts, with exponential backoff and jitter (0.5 s
+doubling up to 8 s, or the server's ``Retry-After``), on connection errors, timeouts (``timeout_s`` per attempt),
+408, 409, 429 and 5xx. A request that still fails, or whose answer is not a chat completion, raises
+``LLMRequestError``. At most ``concurrency`` requests are in flight, retries included.
+
+Caching: a request is identified by ``request_key(model, messages, sampling)`` (the endpoint's address is not part
+of it: the same model behind another URL gives the same answers). Before sending, the cache is asked; after a
+successful answer it stores ``{content, reasoning, prompt_tokens, completion_tokens, latency_s, finish_reason}``
+under the key. Failures are never cached. A replay returns the stored answer with ``cached=True`` and sends
+nothing, so a resumed stage gets the very answers the interrupted one paid for, even at temperature > 0.
+
+Reasoning: servers with a reasoning parser (vLLM ``--reasoning-parser``) return the thinking separately in
+``message.reasoning`` (``reasoning_content`` in older versions) and the answer in ``content``; without one the
+thinking stays inline in ``content`` as ``<think>…</think>``. ``ChatResult.text`` puts a separate reasoning back
+into the inline form, so the parser reads one format either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import httpx2
+import openai
+from obstore.exceptions import AlreadyExistsError
+from pydantic import BaseModel, Field, ValidationError
+
+from schemas import Endpoint, Generation, SamplingParams, canonical_json, sha256_hex
+from tasks.errors import RnerError
+from tasks.jsonl import describe
+from tasks.prompts import Message
+from tasks.store import Store
+
+
+def request_key(model: str, messages: list[Message], sampling: SamplingParams) -> str:
+    """The identity of a request: sha256 of the canonical JSON of model, messages and sampling parameters."""
+    payload = {"model": model, "messages": messages, "sampling": sampling.model_dump(mode="json")}
+    return sha256_hex(canonical_json(payload))
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """One chat completion, sent or replayed. ``content`` is the message content ("" when the server sent none);
+    ``reasoning`` the separate reasoning field, ``None`` when the server sent none."""
+
+    key: str
+    content: str
+    reasoning: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    finish_reason: str | None
+    cached: bool = False
+
+    @property
+    def text(self) -> str:
+        """The completion as the parser expects it: reasoning inline in ``<think>`` tags."""
+        if self.reasoning is None:
+            return self.content
+        return f"<think>\n{self.reasoning}\n</think>\n\n{self.content}"
+
+    def generation(self, model: str, sampling: SamplingParams) -> Generation:
+        return Generation(
+            model=model,
+            sampling=sampling,
+            request_key=self.key,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_s=self.latency_s,
+            finish_reason=self.finish_reason,
+        )
+
+
+class RequestCache(Protocol):
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, value: dict[str, Any]) -> None: ...
+
+
+class MemoryCache:
+    """A cache for one process (tests, interactive use)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Any]] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.entries.setdefault(key, value)
+
+
+class StoreCache:
+    """A durable cache: one small JSON object per finished request, at ``{prefix}/{key[:2]}/{key}.json``.
+
+    Writes are create-if-absent: when two writers finish the same request, the first answer stays. The keys are
+    listed once, on construction, so a miss costs no round trip; a key that another writer stores later is not
+    seen, which at worst sends that request once more.
+    """
+
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+        self._keys = {PurePosixPath(path).stem for path in store.list(self.prefix)}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if key not in self._keys:
+            return None
+        try:
+            return json.loads(self.store.get(self._path(key)))
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        with suppress(AlreadyExistsError):
+            self.store.put(self._path(key), canonical_json(value).encode(), create=True)
+        self._keys.add(key)
+
+    def _path(self, key: str) -> str:
+        return f"{self.prefix}/{key[:2]}/{key}.json"
+
+
+@dataclass
+class Usage:
+    """Running totals over the results returned, replayed ones included (``cached`` says how many of ``requests``
+    were not sent): the totals describe the output, so a resumed stage reports what an uninterrupted one would."""
+
+    requests: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+    def add(self, result: ChatResult) -> None:
+        self.requests += 1
+        self.cached += result.cached
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        self.latency_s += result.latency_s
+
+
+class LLMRequestError(RnerError, RuntimeError):
+    """A request that failed for good (after the SDK's retries); the message names the endpoint, model and cause."""
+
+
+# The wire format, read leniently: only what a result needs, so any OpenAI-compatible server's extras pass.
+class _Message(BaseModel):
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+
+
+class _Choice(BaseModel):
+    message: _Message
+    finish_reason: str | None = None
+
+
+class _TokenUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Completion(BaseModel):
+    choices: list[_Choice] = Field(min_length=1)
+    usage: _TokenUsage = _TokenUsage()
+
+
+class LLMClient:
+    """Chat requests to one endpoint, at most ``concurrency`` at a time, through an optional cache."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        concurrency: int = 64,
+        timeout_s: float = 600.0,
+        max_retries: int = 5,
+        cache: RequestCache | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.cache = cache
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.usage = Usage()
+        self._slots = asyncio.Semaphore(concurrency)
+        # The pool must fit every request the semaphore lets through, or requests would wait for a connection
+        # inside their own timeout.
+        limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._client = openai.AsyncOpenAI(
+            base_url=endpoint.base_url,
+            api_key=endpoint.api_key.get_secret_value() if endpoint.api_key else "EMPTY",
+            timeout=timeout_s,
+            max_retries=max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(limits=limits),
+        )
+
+    async def chat(self, messages: list[Message], sampling: SamplingParams) -> ChatResult:
+        """One chat completion: replayed from the cache when finished before, else sent (and then cached)."""
+        key = request_key(self.endpoint.model, messages, sampling)
+        entry = await asyncio.to_thread(self.cache.get, key) if self.cache is not None else None
+        if entry is not None:
+            result = ChatResult(key=key, cached=True, **entry)
+        else:
+            async with self._slots:
+                result = await self._send(key, messages, sampling)
+            if self.cache is not None:
+                stored = {name: value for name, value in asdict(result).items() if name not in ("key", "cached")}
+                await asyncio.to_thread(self.cache.put, key, stored)
+        self.usage.add(result)
+        return result
+
+    async def _send(self, key: str, messages: list[Message], sampling: SamplingParams) -> ChatResult:
+        params: dict[str, Any] = {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+        }
+        if sampling.seed is not None:
+            params["seed"] = sampling.seed
+        start = time.perf_counter()
+        try:
+            # The raw response, so that we read the body ourselves: the SDK would hand back a non-JSON body as a
+            # string and a JSON body without choices as a half-built object.
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=self.endpoint.model,
+                messages=messages,
+                **params,
+            )
+        except openai.APIError as e:
+            raise self._error(self._cause(e)) from e
+        latency = time.perf_counter() - start
+        body = raw.http_response.content
+        try:
+            completion = _Completion.model_validate_json(body)
+        except ValidationError as e:
+            raise self._error(f"the answer is not a chat completion ({describe(e)}): {_snippet(body)}") from None
+        choice = completion.choices[0]
+        return ChatResult(
+            key=key,
+            content=choice.message.content or "",
+            # An empty reasoning field means none came separately; older vLLM versions call it reasoning_content.
+            reasoning=choice.message.reasoning or choice.message.reasoning_content or None,
+            prompt_tokens=completion.usage.prompt_tokens,
+            completion_tokens=completion.usage.completion_tokens,
+            latency_s=latency,
+            finish_reason=choice.finish_reason,
+        )
+
+    def _cause(self, error: openai.APIError) -> str:
+        if isinstance(error, openai.APIStatusError):
+            return f"HTTP {error.status_code}: {_snippet(error.response.content)}"
+        if isinstance(error, openai.APITimeoutError):
+            return "timed out"
+        if isinstance(error, openai.APIConnectionError):
+            return f"connection failed: {error.__cause__ or error}"
+        return str(error)
+
+    def _error(self, cause: str) -> LLMRequestError:
+        return LLMRequestError(
+            f"chat request to {self.endpoint.base_url} (model {self.endpoint.model!r}) failed: {cause} "
+            f"[max_retries={self.max_retries}, timeout {self.timeout_s:g} s per attempt]"
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def _snippet(body: bytes, limit: int = 300) -> str:
+    text = body.decode("utf-8", errors="replace").strip()
+    return repr(text if len(text) <= limit else text[:limit] + "…")

@@ -1,0 +1,191 @@
+"""CG step 4: keep the records the judge scored ≥ ``min_score`` as a new version of the NER-CoT dataset.
+
+Versions live at ``datasets/<dataset>/v<N>``. The next N is taken with the manifest's create-if-absent
+write, so two publishers racing for the same N cannot both get it: the loser takes N+1. Publishing the
+same inputs with the same config again returns the version published before instead of a new one.
+
+Each version carries a dataset card (markdown) built from the lineage, with counts after every step
+that add up: passages → annotated (+ rejected at annotate) → valid (+ rejected at validate) → judged
+(+ no score) → kept (+ below threshold); teacher and judge models, sampling, prompt hashes, reject
+reasons and the score histogram.
+
+Usage::
+
+    python -m tasks.publish --config publish.yaml     # cot: validate output, verdicts: judge output
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from schemas import CoTRecord, JudgeVerdict, Manifest, PublishConfig, config_hash
+from tasks.errors import RnerError
+from tasks.llm_stage import Progress
+from tasks.stage_cli import stage_main
+from tasks.store import AlreadyPublished, Published, Store
+
+
+class PublishError(RnerError):
+    """The inputs do not belong together."""
+
+
+def versions(store: Store, dataset: str) -> list[int]:
+    """Published version numbers of ``dataset``, ascending."""
+    pattern = re.compile(rf"^datasets/{re.escape(dataset)}/v(\d+)/manifest\.json$")
+    return sorted(int(m.group(1)) for p in store.list(f"datasets/{dataset}") if (m := pattern.match(p)))
+
+
+def latest(store: Store, dataset: str) -> Published | None:
+    found = versions(store, dataset)
+    return store.load(f"datasets/{dataset}/v{found[-1]}") if found else None
+
+
+def run(config: PublishConfig, store: Store, *, progress: Progress | None = None) -> Published:
+    if config.cot is None or config.verdicts is None:
+        raise PublishError("publish needs `cot` (a validate output) and `verdicts` (a judge output on it)")
+    cot, judged = store.load(config.cot), store.load(config.verdicts)
+    if cot.digest not in {ref.digest for ref in judged.manifest.inputs}:
+        raise PublishError(f"{config.verdicts} judged another output than {config.cot}")
+    digests = {cot.digest, judged.digest}
+    for n in reversed(versions(store, config.dataset)):
+        done = store.load(f"datasets/{config.dataset}/v{n}")
+        if done.manifest.config_hash == config_hash(config) and {r.digest for r in done.manifest.inputs} == digests:
+            return done
+
+    records: list[CoTRecord] = list(store.records(cot.manifest))  # type: ignore[arg-type]
+    verdicts: dict[str, JudgeVerdict] = {v.id: v for v in store.records(judged.manifest)}  # type: ignore[misc]
+    missing = [r.id for r in records if r.id not in verdicts]
+    if missing:
+        raise PublishError(f"{len(missing)} record(s) have no verdict in {config.verdicts}, e.g. {missing[:3]}")
+    kept = [r for r in records if _score(verdicts[r.id]) >= config.min_score]
+    funnel = _funnel(store, cot.manifest, judged.manifest, len(kept))
+    if progress:
+        progress(len(records), len(records))
+
+    n = (versions(store, config.dataset) or [0])[-1] + 1
+    while True:
+        out = store.output(f"datasets/{config.dataset}/v{n}")
+        card = dataset_card(config, n, kept, funnel)
+        files = [out.write("data", kept, CoTRecord), out.put_file("card", card.encode(), role="card", suffix=".md")]
+        try:
+            return out.publish(
+                kind="cot",
+                stage="publish",
+                config=config,
+                files=files,
+                inputs=[cot.ref, judged.ref],
+                stats={"version": n, **funnel},
+            )
+        except AlreadyPublished:
+            n += 1
+
+
+def _score(verdict: JudgeVerdict) -> float:
+    return -1.0 if verdict.score is None else verdict.score
+
+
+def _funnel(store: Store, valid: Manifest, judged: Manifest, kept: int) -> dict[str, Any]:
+    """Counts after every step, read from the lineage's manifests."""
+    annotated = store.load(valid.inputs[0].address).manifest
+    return {
+        "passages": annotated.stats["passages"],
+        "annotated": annotated.stats["annotated"],
+        "rejected_at_annotate": annotated.stats["rejected"],
+        "valid": valid.stats["valid"],
+        "rejected_at_validate": valid.stats["reasons"],
+        "rejected_records_at_validate": valid.stats["rejected"],
+        "judged": judged.stats["judged"],
+        "no_score": judged.stats["no_score"],
+        "kept": kept,
+        "below_threshold": judged.stats["judged"] - judged.stats["no_score"] - kept,
+        "histogram": judged.stats["histogram"],
+        "prompts": {"teacher": annotated.stats["prompt"], "judge": judged.stats["prompt"]},
+        "models": {"teacher": _model(annotated.config, "teacher"), "judge": _model(judged.config, "judge")},
+        "tokens": {
+            "teacher_prompt": annotated.stats["prompt_tokens"],
+            "teacher_completion": annotated.stats["completion_tokens"],
+            "judge_prompt": judged.stats["prompt_tokens"],
+            "judge_completion": judged.stats["completion_tokens"],
+        },
+        "lineage": {"annotate": annotated.address, "validate": valid.address, "judge": judged.address},
+    }
+
+
+def dataset_card(
+    config: PublishConfig,
+    version: int,
+    kept: list[CoTRecord],
+    funnel: dict[str, Any],
+) -> str:
+    models = funnel["models"]
+    rejected_annotate = sum(funnel["rejected_at_annotate"].values())
+    hist = funnel["histogram"]
+    width = max(hist.values() or [1]) or 1
+    lines = [
+        f"# {config.dataset} v{version}",
+        "",
+        f"{len(kept)} CoT records (passage, entity types, reasoning, grounded entities), kept where the judge "
+        f"scored the reasoning ≥ {config.min_score:g} of 10. Record schema: `CoTRecord`.",
+        "",
+        "## Models",
+        "",
+        "| role | model | sampling | prompt hash |",
+        "|---|---|---|---|",
+        *[
+            f"| {role} | {m['model']} | {_sampling(m['sampling'])} | {funnel['prompts'][role]} |"
+            for role, m in models.items()
+        ],
+        "",
+        "## Counts",
+        "",
+        "| step | in | out | dropped |",
+        "|---|---:|---:|---|",
+        f"| annotate | {funnel['passages']} | {funnel['annotated']} | {rejected_annotate}"
+        f"{_reasons(funnel['rejected_at_annotate'])} |",
+        f"| validate | {funnel['annotated']} | {funnel['valid']} | {funnel['rejected_records_at_validate']}"
+        f"{_reasons(funnel['rejected_at_validate'])} |",
+        f"| judge | {funnel['valid']} | {funnel['judged'] - funnel['no_score']} | {funnel['no_score']} (no_score) |",
+        f"| publish (score ≥ {config.min_score:g}) | {funnel['judged'] - funnel['no_score']} | {funnel['kept']} "
+        f"| {funnel['below_threshold']} (below threshold) |",
+        "",
+        "A record rejected at validate can have several reasons; the reason counts are per reason.",
+        "",
+        "## Judge scores",
+        "",
+        "| score | records | |",
+        "|---:|---:|---|",
+        *[f"| {s} | {n} | {'█' * round(20 * n / width)} |" for s, n in hist.items()],
+        "",
+        "## Tokens",
+        "",
+        "| | prompt | completion |",
+        "|---|---:|---:|",
+        f"| teacher | {funnel['tokens']['teacher_prompt']} | {funnel['tokens']['teacher_completion']} |",
+        f"| judge | {funnel['tokens']['judge_prompt']} | {funnel['tokens']['judge_completion']} |",
+        "",
+        "## Lineage",
+        "",
+        *[f"- {step}: `{address}`" for step, address in funnel["lineage"].items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _model(config: dict[str, Any], role: str) -> dict[str, Any]:
+    """Which model served ``role``, as its stage config names it, and the sampling it used."""
+    return {"model": config[role]["model"], "sampling": config["sampling"]}
+
+
+def _sampling(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items() if v is not None)
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})" if counts else ""
+
+
+main = stage_main(PublishConfig, run)
+
+if __name__ == "__main__":
+    main()
