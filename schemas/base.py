@@ -75,10 +75,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, nested dicts key by key. A nested dict that names another ``kind``
+    (a different member of a discriminated union) replaces the base's instead of merging into it."""
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind", old.get("kind")) == old.get("kind"):
+            merged[key] = deep_merge(old, value)
         else:
             merged[key] = value
     return merged

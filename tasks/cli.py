@@ -14,18 +14,19 @@ exit with status 1; a traceback means a bug.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from schemas import EXPORTED, STAGE_CONFIGS
+from schemas import EXPORTED, STAGE_CONFIGS, Config
 from tasks.config import build_config, dump_config, load_config
 from tasks.models import ensure_default_model
 from tasks.score import report_table, score_files
-from tasks.stage_cli import clean_errors, run_stage
+from tasks.stage_cli import clean_errors, stage_command
 from tasks.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning NER: data, training, evaluation.")
@@ -40,22 +41,23 @@ app.add_typer(config_app, name="config")
 app.add_typer(cg_app, name="cg")
 app.add_typer(data_app, name="data")
 
-ConfigOption = Annotated[Path, typer.Option("--config", help="YAML config (may start with `preset:`).")]
-PresetOption = Annotated[str | None, typer.Option(help="Preset to start from when the file names none.")]
 StoreOption = Annotated[str | None, typer.Option(help="Store URL (default: RNER_STORE).")]
 
 
-def _cg_command(name: str, module: str, config_cls: str) -> None:
-    def command(config: ConfigOption, preset: PresetOption = None, store: StoreOption = None) -> None:
+def _stage(app_: typer.Typer, name: str, module: str, config_cls: str) -> None:
+    """Register ``rner <group> <name>``: the stage module's own command line, imported only when run."""
+
+    def command(**options: Any) -> None:
         import importlib
 
         import schemas
 
         stage = importlib.import_module(module)
-        run_stage(getattr(schemas, config_cls), stage.run, config, preset, store)
+        stage_command(getattr(schemas, config_cls), stage.run)(**options)
 
-    command.__doc__ = f"Run the {name} step (``python -m {module}``); prints the output's address and digest."
-    cg_app.command(name)(command)
+    command.__signature__ = inspect.signature(stage_command(Config, lambda *a, **k: None))  # type: ignore[attr-defined]
+    command.__doc__ = f"Run the {name} stage (same as ``python -m {module}``)."
+    app_.command(name)(command)
 
 
 for _name, _module, _cls in (
@@ -65,7 +67,7 @@ for _name, _module, _cls in (
     ("publish", "tasks.publish", "PublishConfig"),
     ("run", "tasks.cg", "CGConfig"),
 ):
-    _cg_command(_name, _module, _cls)
+    _stage(cg_app, _name, _module, _cls)
 
 
 @data_app.command("demo")

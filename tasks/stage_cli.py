@@ -16,8 +16,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from schemas import Config
-from tasks.config import load_config
+from schemas import Config, Endpoint
+from tasks.config import ConfigError, build_config, load_config
 from tasks.errors import RnerError
 from tasks.jsonl import describe
 from tasks.store import Published, Store
@@ -43,32 +43,73 @@ def print_progress(done: int, total: int, step: str = "") -> None:
 
 
 def run_stage(
-    cls: type[C], run: Callable[..., Published], config: Path, preset: str | None, store: str | None
+    cls: type[C],
+    run: Callable[..., Published],
+    *,
+    config: Path | None = None,
+    config_json: str | None = None,
+    preset: str | None = None,
+    store: str | None = None,
+    endpoint: Endpoint | None = None,
 ) -> Published:
+    """Load the config (a YAML file or inline JSON), run the stage, print the result line."""
     from tasks.serving import raise_on_sigterm
 
     raise_on_sigterm()
-    published = run(
-        load_config(cls, config, preset=preset),
-        Store(store) if store else Store.from_settings(),
-        progress=print_progress,
-    )
+    if (config is None) == (config_json is None):
+        raise ConfigError("give exactly one of --config (a YAML file) and --config-json (the config inline)")
+    if config is not None:
+        loaded = load_config(cls, config, preset=preset)
+    else:
+        try:
+            data = json.loads(config_json)  # type: ignore[arg-type]
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--config-json is not JSON: {e}") from None
+        loaded = build_config(cls, {"preset": preset, **data} if preset else data, source="--config-json")
+    extra = {"endpoint": endpoint} if endpoint is not None else {}
+    target = Store(store) if store else Store.from_settings()
+    published = run(loaded, target, progress=print_progress, **extra)
     print(json.dumps({"address": published.manifest.address, "digest": published.digest}))
     return published
+
+
+ConfigPath = Annotated[Path | None, typer.Option("--config", help="YAML config (may start with `preset:`).")]
+ConfigJSON = Annotated[str | None, typer.Option("--config-json", help="The config as inline JSON, instead of a file.")]
+PresetName = Annotated[str | None, typer.Option("--preset", help="Preset to start from when the config names none.")]
+StoreURL = Annotated[str | None, typer.Option("--store", help="Store URL (default: RNER_STORE).")]
+EndpointURL = Annotated[
+    str | None, typer.Option("--endpoint", help="A running OpenAI-compatible server to use instead of starting one.")
+]
+EndpointModel = Annotated[str | None, typer.Option("--endpoint-model", help="The model name that server serves.")]
+
+
+def stage_command(cls: type[C], run: Callable[..., Published]) -> Callable[..., None]:
+    """The typer command of a stage: the same options for ``python -m tasks.<stage>`` and ``rner ...``."""
+
+    def command(
+        config: ConfigPath = None,
+        config_json: ConfigJSON = None,
+        preset: PresetName = None,
+        store: StoreURL = None,
+        endpoint: EndpointURL = None,
+        endpoint_model: EndpointModel = None,
+    ) -> None:
+        server = None
+        if endpoint is not None:
+            if endpoint_model is None:
+                raise ConfigError("--endpoint needs --endpoint-model (the name the server serves)")
+            server = Endpoint(base_url=endpoint, model=endpoint_model)
+        run_stage(cls, run, config=config, config_json=config_json, preset=preset, store=store, endpoint=server)
+
+    command.__doc__ = f"Run the stage with a {cls.__name__}; prints the published output's address and digest."
+    return command
 
 
 def stage_main(cls: type[C], run: Callable[..., Published]) -> Callable[[], Any]:
     """A ``main()`` for ``python -m tasks.<stage>``."""
 
-    def command(
-        config: Annotated[Path, typer.Option(help=f"YAML with {cls.__name__} fields (may start with `preset:`).")],
-        preset: Annotated[str | None, typer.Option(help="Preset to start from when the file names none.")] = None,
-        store: Annotated[str | None, typer.Option(help="Store URL (default: RNER_STORE).")] = None,
-    ) -> None:
-        run_stage(cls, run, config, preset, store)
-
     def main() -> None:
         with clean_errors():
-            typer.run(command)
+            typer.run(stage_command(cls, run))
 
     return main

@@ -24,7 +24,9 @@ never overwrite each other's bytes. Reading::
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from schemas import (
     Manifest,
     ManifestKind,
     Record,
+    canonical_json,
     config_hash,
     sha256_hex,
 )
@@ -153,6 +156,42 @@ class Store:
         except (BaseError, OSError) as e:
             raise StoreUnavailable(f"cannot write {self.uri(path)}: {_first_line(e)}") from None
 
+    def put_path(self, path: str, local: Path) -> None:
+        """Upload a local file (streamed, multipart when large)."""
+        try:
+            obstore.put(self._store, path, local)
+        except (BaseError, OSError) as e:
+            raise StoreUnavailable(f"cannot write {self.uri(path)}: {_first_line(e)}") from None
+
+    def download(self, path: str, dest: Path, sha256: str) -> None:
+        """Stream an object to ``dest``; refused (and nothing left at ``dest``) unless its sha256 matches."""
+        partial = dest.with_name(f".{dest.name}.partial")
+        digest = hashlib.sha256()
+        try:
+            with open(partial, "wb") as f:
+                for chunk in obstore.get(self._store, path):
+                    digest.update(chunk)
+                    f.write(chunk)
+        except FileNotFoundError:
+            partial.unlink(missing_ok=True)
+            raise FileNotFoundError(f"{self.uri(path)} does not exist") from None
+        except BaseError as e:
+            partial.unlink(missing_ok=True)
+            raise StoreUnavailable(f"cannot read {self.uri(path)}: {_first_line(e)}") from None
+        if digest.hexdigest() != sha256:
+            partial.unlink()
+            raise IntegrityError(f"{self.uri(path)}: sha256 is {digest.hexdigest()}, expected {sha256}")
+        os.replace(partial, dest)
+
+    def fetch_tree(self, address: str, entries: Iterable[FileEntry], prefix: str, dest: Path) -> Path:
+        """The files of an output under ``prefix/`` (see ``Output.put_tree``) as a local directory, verified."""
+        for entry in entries:
+            rel = entry.path.removeprefix(f"{prefix}/")
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.download(f"{address}/{entry.path}", target, entry.sha256)
+        return dest
+
     def exists(self, path: str) -> bool:
         try:
             obstore.head(self._store, path)
@@ -170,6 +209,20 @@ class Store:
             return []
         except BaseError as e:
             raise StoreUnavailable(f"cannot list {self.uri(prefix)}: {_first_line(e)}") from None
+
+    def fingerprint(self, prefix: str) -> str:
+        """What is under ``prefix`` right now, in one hash: the manifest's digest for a published output,
+        else the paths, sizes and ETags of its files (cheap: one listing, no reads)."""
+        if (published := self.find(prefix)) is not None:
+            return published.digest
+        try:
+            objects = [m for batch in obstore.list(self._store, prefix.rstrip("/")) for m in batch]
+        except FileNotFoundError:
+            objects = []
+        except BaseError as e:
+            raise StoreUnavailable(f"cannot list {self.uri(prefix)}: {_first_line(e)}") from None
+        listing = sorted((m["path"], m["size"], m.get("e_tag") or "") for m in objects)
+        return sha256_hex(canonical_json(listing))
 
     # -- manifests and records -----------------------------------------------------------------
 
@@ -264,6 +317,16 @@ class Output:
             role=role,
         )
 
+    def put_tree(self, local: Path, prefix: str, role: str) -> list[FileEntry]:
+        """Upload a directory under ``prefix/`` keeping its file names, so that a model directory stays a
+        model directory in the store (``Store.fetch_tree`` brings it back)."""
+        entries = []
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            path = f"{prefix}/{file.relative_to(local).as_posix()}"
+            self.store.put_path(f"{self.address}/{path}", file)
+            entries.append(FileEntry(path=path, sha256=_file_sha256(file), bytes=file.stat().st_size, role=role))
+        return entries
+
     def commit_shard(self, name: str, records: Iterable[BaseModel | dict], record_type: type[Record]) -> FileEntry:
         """Write a shard and mark it committed. A shard committed before (by anyone) is kept as it was."""
         entry = self.write(name, records, record_type)
@@ -333,6 +396,14 @@ def _s3_store(url: str, settings: Settings) -> S3Store:
         return S3Store.from_url(url, config=config, client_options=client, retry_config=retry)
     except BaseError as e:
         raise StoreUnavailable(f"cannot configure {url}: {_first_line(e)}") from None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _first_line(error: BaseException) -> str:

@@ -44,8 +44,10 @@ def teacher_or_judge(prompt: str) -> str:
     return f"<think>\n{thoughts}\n</think>\n\n{answer_json(ex.entities, ex.labels)}"
 
 
-def seed(store: Store, n: int, prefix: str = "raw/passages") -> list[Passage]:
-    passages = [Passage(id=ex.id, text=ex.text, labels=ex.labels, source=ex.source) for ex in load_demo("train")][:n]
+def seed(store: Store, n: int, prefix: str = "raw/passages", start: int = 0) -> list[Passage]:
+    """Demo training passages ``start`` to ``start + n`` as a raw passage file under ``prefix``."""
+    examples = load_demo("train")[start : start + n]
+    passages = [Passage(id=ex.id, text=ex.text, labels=ex.labels, source=ex.source) for ex in examples]
     store.put(f"{prefix}/part-0.jsonl", dump_jsonl(passages, Passage))
     return passages
 

