@@ -22,12 +22,21 @@ from schemas.jobs import JobBackend, LocalJob
 from tasks.store import Published, Store
 
 
-def run_cg(config: CGConfig, store: Store, backend: JobBackend, servers: SharedServers) -> Published:
-    """The four steps, chained (shared by the ``cg`` flow and the pipeline)."""
+def run_cg(
+    config: CGConfig,
+    store: Store,
+    backend: JobBackend,
+    servers: SharedServers,
+    *,
+    only: tuple[str, ...] = (),
+    base: str | None = None,
+) -> Published:
+    """The four steps, chained (shared by the ``cg`` and ``cg-refresh`` flows and the pipeline): annotate
+    the raw files under ``config.input`` (just ``only`` when given), publish on top of ``base`` if any."""
     shared = servers.provider(config.annotate.teacher) if config.annotate.teacher == config.judge.judge else None
     annotated = run_stage(
         "annotate",
-        config.annotate.model_copy(update={"input": config.input}),
+        config.annotate.model_copy(update={"input": config.input, "only": only}),
         store,
         backend,
         server=shared,
@@ -40,7 +49,7 @@ def run_cg(config: CGConfig, store: Store, backend: JobBackend, servers: SharedS
     judged = run_stage("judge", config.judge.model_copy(update={"input": valid.manifest.address}), store, backend,
                        server=shared)  # fmt: skip
     show_output("judge", judged, store)
-    update = {"cot": valid.manifest.address, "verdicts": judged.manifest.address}
+    update = {"cot": valid.manifest.address, "verdicts": judged.manifest.address, "base": base}
     published = run_stage("publish", config.publish.model_copy(update=update), store, backend)
     show_output("publish", published, store)
     return published

@@ -119,9 +119,12 @@ class AnnotateConfig(LLMStage):
     of a published ``passages``/``ner`` output.
     """
 
+    VOLATILE = LLMStage.VOLATILE | {"only"}
     teacher: Server = VLLMLaunch()
     max_passage_chars: PositiveInt = 20_000
     """Longer passages are rejected (``text_too_long``), never truncated."""
+    only: Seq[Name] = ()
+    """Read just these raw files under ``input`` (the scheduled refresh's new shards); all when empty."""
     PRESETS: ClassVar = {
         "paper": {
             "teacher": {"kind": "vllm", "model": PAPER_TEACHER, "tensor_parallel_size": 8, "max_model_len": 40960},
@@ -159,13 +162,15 @@ class JudgeConfig(LLMStage):
 class PublishConfig(Config):
     """CG step 4: keep records the judge scored at least ``min_score`` as a new NER-CoT version."""
 
-    VOLATILE = frozenset({"cot", "verdicts"})
+    VOLATILE = frozenset({"cot", "verdicts", "base"})
     cot: Name | None = None
     """Address of the validated CoT records."""
     verdicts: Name | None = None
     """Address of the judge's verdicts on them."""
     min_score: Annotated[float, Field(ge=0, le=10)] = 9.0
     dataset: Name = "ner-cot"
+    base: Name | None = None
+    """A previous version whose records the new version carries over (an incremental refresh)."""
     PRESETS: ClassVar = {"paper": {"min_score": 9.0}, "smoke": {"min_score": 0.0}}
 
 
@@ -204,6 +209,8 @@ class CGConfig(Config):
                 ("judge.input", self.judge.input),
                 ("publish.cot", self.publish.cot),
                 ("publish.verdicts", self.publish.verdicts),
+                ("publish.base", self.publish.base),
+                ("annotate.only", self.annotate.only or None),
             )
             if value is not None
         ]

@@ -19,12 +19,13 @@ Usage::
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from schemas import AnnotateConfig, CoTRecord, Endpoint, InputRef, Passage, Rejection, config_hash, output_address
 from schemas.base import sha256_hex
 from tasks.jsonl import parse_lines
 from tasks.llm import ChatResult
-from tasks.llm_stage import Progress, map_requests, pending_shards, serving
+from tasks.llm_stage import Progress, collect_shards, map_requests, pending_shards, serving
 from tasks.parse import ground, parse_completion
 from tasks.prompts import INSTRUCTION, TEACHER_GUIDANCE, prompt_digest, teacher_messages
 from tasks.stage_cli import stage_main
@@ -37,8 +38,9 @@ class PassageInputError(StoreError):
     """The passages to annotate cannot be read."""
 
 
-def load_passages(store: Store, source: str) -> tuple[list[Passage], list[InputRef]]:
-    """Passages from a published output, or from the raw JSONL files under a prefix (in path order)."""
+def load_passages(store: Store, source: str, only: Sequence[str] = ()) -> tuple[list[Passage], list[InputRef]]:
+    """Passages from a published output, or from the raw JSONL files under a prefix (in path order;
+    just the files in ``only`` when it is given)."""
     published = store.find(source)
     if published is not None:
         passages = [
@@ -48,6 +50,11 @@ def load_passages(store: Store, source: str) -> tuple[list[Passage], list[InputR
         refs = [published.ref]
     else:
         paths = [p for p in store.list(source) if p.endswith(".jsonl")]
+        if only:
+            missing = sorted(set(only) - set(paths))
+            if missing:
+                raise PassageInputError(f"not raw passage files under {store.uri(source)}: {missing}")
+            paths = [p for p in paths if p in set(only)]
         if not paths:
             raise PassageInputError(f"no passages at {store.uri(source)}: no manifest and no .jsonl files")
         passages, refs = [], []
@@ -100,7 +107,7 @@ def run(
 ) -> Published:
     if config.input is None:
         raise PassageInputError("annotate needs `input`: a prefix of raw passage files or a published output")
-    passages, refs = load_passages(store, config.input)
+    passages, refs = load_passages(store, config.input, config.only)
     digest = sha256_hex(config_hash(config) + PROMPT)
     out = store.output(output_address("annotate", digest, [r.digest for r in refs], prefix="cot/raw"))
     if (published := out.published()) is not None:
@@ -118,15 +125,13 @@ def run(
                 record_type=CoTRecord,
                 progress=progress,
             )
-    shards = [entry for _, entry in sorted(out.committed_shards().items())]
-    records = list(store.read_records(out.address, shards))
+    shards, records, usage = collect_shards(out, lambda r: r.teacher)
     stats = {
         "passages": len(passages),
         "annotated": len(records),
-        "parse_errors": sum(r.parse_error is not None for r in records),  # type: ignore[attr-defined]
+        "parse_errors": sum(r.parse_error is not None for r in records),
         "rejected": dict(Counter(reason for r in rejects for reason in r.reasons)),
-        "prompt_tokens": sum(r.teacher.prompt_tokens for r in records),  # type: ignore[attr-defined]
-        "completion_tokens": sum(r.teacher.completion_tokens for r in records),  # type: ignore[attr-defined]
+        **usage,
         "prompt": PROMPT,
     }
     files = [*shards, out.write("rejects", rejects, Rejection, role="rejects")]

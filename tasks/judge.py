@@ -22,7 +22,7 @@ import re
 from schemas import CoTRecord, Endpoint, JudgeConfig, JudgeVerdict, config_hash, output_address, sha256_hex
 from tasks.errors import RnerError
 from tasks.llm import ChatResult
-from tasks.llm_stage import Progress, map_requests, pending_shards, serving
+from tasks.llm_stage import Progress, collect_shards, map_requests, pending_shards, serving
 from tasks.prompts import JUDGE_INSTRUCTION, judge_messages, prompt_digest
 from tasks.stage_cli import stage_main
 from tasks.store import Published, Store
@@ -107,16 +107,14 @@ def run(
                 record_type=JudgeVerdict,
                 progress=progress,
             )
-    shards = [entry for _, entry in sorted(out.committed_shards().items())]
-    verdicts: list[JudgeVerdict] = list(store.read_records(out.address, shards))  # type: ignore[arg-type]
+    shards, verdicts, usage = collect_shards(out, lambda v: v.judge)
     scores = [v.score for v in verdicts if v.score is not None]
     stats = {
         "judged": len(verdicts),
         "no_score": len(verdicts) - len(scores),
         "histogram": {str(s): sum(1 for x in scores if int(x) == s) for s in range(11)},
         "mean_score": sum(scores) / len(scores) if scores else None,
-        "prompt_tokens": sum(v.judge.prompt_tokens for v in verdicts),
-        "completion_tokens": sum(v.judge.completion_tokens for v in verdicts),
+        **usage,
         "prompt": PROMPT,
     }
     return out.publish(kind="verdicts", stage="judge", config=config, files=shards, inputs=[source.ref], stats=stats)

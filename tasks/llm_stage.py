@@ -21,9 +21,9 @@ import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from schemas import Endpoint, Record, VLLMLaunch
+from schemas import Endpoint, FileEntry, Generation, Record, VLLMLaunch
 from schemas.configs import LLMStage
 from tasks.errors import RnerError
 from tasks.llm import ChatResult, LLMClient, LLMRequestError, Message, StoreCache, Usage
@@ -70,6 +70,22 @@ def serving(server: Endpoint | VLLMLaunch, endpoint: Endpoint | None = None) -> 
         if server not in running:
             running[server] = stack.enter_context(serve(server))
         yield running[server]
+
+
+def collect_shards(out: Output, generation: Callable[[Any], Generation]) -> tuple[list[FileEntry], list[Any], dict]:
+    """The committed shards (in order), their records, and token usage per shard and in total."""
+    files, records, per_shard = [], [], {}
+    for name, entry in sorted(out.committed_shards().items()):
+        rows = list(out.store.read_records(out.address, [entry]))
+        per_shard[name] = {
+            "requests": len(rows),
+            "prompt_tokens": sum(generation(r).prompt_tokens for r in rows),
+            "completion_tokens": sum(generation(r).completion_tokens for r in rows),
+        }
+        files.append(entry)
+        records += rows
+    totals = {k: sum(u[k] for u in per_shard.values()) for k in ("prompt_tokens", "completion_tokens")}
+    return files, records, {**totals, "usage_per_shard": per_shard}
 
 
 def shards_of(items: Sequence[T], size: int) -> list[tuple[str, Sequence[T]]]:

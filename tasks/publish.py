@@ -1,8 +1,12 @@
 """CG step 4: keep the records the judge scored ≥ ``min_score`` as a new version of the NER-CoT dataset.
 
-Versions live at ``datasets/<dataset>/v<N>``. The next N is taken with the manifest's create-if-absent
-write, so two publishers racing for the same N cannot both get it: the loser takes N+1. Publishing the
-same inputs with the same config again returns the version published before instead of a new one.
+Versions live at ``datasets/<dataset>/v<N>``. With ``base`` (a previous version) the new version is the
+base's records plus the newly kept ones — the scheduled refresh's increment; ``stats.raw_files`` lists
+every raw passage file a version's records came from, so a refresh can tell which files are new.
+
+The next N is taken with the manifest's create-if-absent write, so two publishers racing for the same
+N cannot both get it: the loser takes N+1. Publishing the same inputs with the same config again
+returns the version published before instead of a new one.
 
 Each version carries a dataset card (markdown) built from the lineage, with counts after every step
 that add up: passages → annotated (+ rejected at annotate) → valid (+ rejected at validate) → judged
@@ -47,7 +51,9 @@ def run(config: PublishConfig, store: Store, *, progress: Progress | None = None
     cot, judged = store.load(config.cot), store.load(config.verdicts)
     if cot.digest not in {ref.digest for ref in judged.manifest.inputs}:
         raise PublishError(f"{config.verdicts} judged another output than {config.cot}")
-    digests = {cot.digest, judged.digest}
+    base = store.load(config.base) if config.base else None
+    inputs = [cot.ref, judged.ref, *([base.ref] if base else [])]
+    digests = {ref.digest for ref in inputs}
     for n in reversed(versions(store, config.dataset)):
         done = store.load(f"datasets/{config.dataset}/v{n}")
         if done.manifest.config_hash == config_hash(config) and {r.digest for r in done.manifest.inputs} == digests:
@@ -60,22 +66,34 @@ def run(config: PublishConfig, store: Store, *, progress: Progress | None = None
         raise PublishError(f"{len(missing)} record(s) have no verdict in {config.verdicts}, e.g. {missing[:3]}")
     kept = [r for r in records if _score(verdicts[r.id]) >= config.min_score]
     funnel = _funnel(store, cot.manifest, judged.manifest, len(kept))
+    carried: list[CoTRecord] = list(store.records(base.manifest)) if base else []  # type: ignore[arg-type]
+    clash = sorted({r.id for r in carried} & {r.id for r in kept})
+    if clash:
+        raise PublishError(f"new records reuse ids of {config.base}: {clash[:5]}; passage ids must stay unique")
+    raw_files = {**(base.manifest.stats.get("raw_files", {}) if base else {}), **funnel.pop("raw_files")}
     if progress:
         progress(len(records), len(records))
 
     n = (versions(store, config.dataset) or [0])[-1] + 1
     while True:
         out = store.output(f"datasets/{config.dataset}/v{n}")
-        card = dataset_card(config, n, kept, funnel)
-        files = [out.write("data", kept, CoTRecord), out.put_file("card", card.encode(), role="card", suffix=".md")]
+        card = dataset_card(config, n, kept, funnel, len(carried))
+        data = out.write("data", [*carried, *kept], CoTRecord)
+        files = [data, out.put_file("card", card.encode(), role="card", suffix=".md")]
         try:
             return out.publish(
                 kind="cot",
                 stage="publish",
                 config=config,
                 files=files,
-                inputs=[cot.ref, judged.ref],
-                stats={"version": n, **funnel},
+                inputs=inputs,
+                stats={
+                    "version": n,
+                    **funnel,
+                    "carried_over": len(carried),
+                    "records": data.rows,
+                    "raw_files": raw_files,
+                },
             )
         except AlreadyPublished:
             n += 1
@@ -89,6 +107,7 @@ def _funnel(store: Store, valid: Manifest, judged: Manifest, kept: int) -> dict[
     """Counts after every step, read from the lineage's manifests."""
     annotated = store.load(valid.inputs[0].address).manifest
     return {
+        "raw_files": {ref.address: ref.digest for ref in annotated.inputs},
         "passages": annotated.stats["passages"],
         "annotated": annotated.stats["annotated"],
         "rejected_at_annotate": annotated.stats["rejected"],
@@ -117,6 +136,7 @@ def dataset_card(
     version: int,
     kept: list[CoTRecord],
     funnel: dict[str, Any],
+    carried: int,
 ) -> str:
     models = funnel["models"]
     rejected_annotate = sum(funnel["rejected_at_annotate"].values())
@@ -125,8 +145,10 @@ def dataset_card(
     lines = [
         f"# {config.dataset} v{version}",
         "",
-        f"{len(kept)} CoT records (passage, entity types, reasoning, grounded entities), kept where the judge "
-        f"scored the reasoning ≥ {config.min_score:g} of 10. Record schema: `CoTRecord`.",
+        f"{carried + len(kept)} CoT records (passage, entity types, reasoning, grounded entities): "
+        f"{len(kept)} new, kept where the judge scored the reasoning ≥ {config.min_score:g} of 10"
+        + (f", and {carried} carried over from `{config.base}`." if config.base else ".")
+        + " Record schema: `CoTRecord`. The counts below are for the new records.",
         "",
         "## Models",
         "",

@@ -95,6 +95,9 @@ def test_transient_faults_are_retried_and_nothing_is_lost_or_duplicated(tmp_path
     ids = [r.id for r in store.records(published.manifest)]
     assert sorted(ids) == sorted(p.id for p in passages)
     assert set(server.attempts.values()) == {3}
+    usage = published.manifest.stats["usage_per_shard"]
+    assert {name: u["requests"] for name, u in usage.items()} == {"00000": 4, "00001": 4, "00002": 2}
+    assert sum(u["completion_tokens"] for u in usage.values()) == published.manifest.stats["completion_tokens"] > 0
 
 
 def test_a_permanent_failure_fails_its_shard_and_the_rerun_resumes(tmp_path: Path) -> None:

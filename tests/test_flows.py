@@ -123,3 +123,26 @@ def test_new_raw_files_make_a_new_annotation(prefect_server: None, tmp_path: Pat
         seed(store, 3, prefix="raw/passages/more", start=10)  # new files under the same input prefix
         third = cg(config, store=store.url)
     assert third["address"] == "datasets/ner-cot/v2"
+
+
+def test_refresh_annotates_only_new_raw_files(prefect_server: None, tmp_path: Path) -> None:
+    from flows.refresh import cg_refresh
+
+    store = Store(tmp_path / "store")
+    seed(store, 5, prefix="raw/passages/a")
+    with FaultServer(sequence(ok(answer=teacher_or_judge))) as server:
+        config = cg_config(server.endpoint, server.endpoint, publish={"min_score": 0})
+        first = cg_refresh(config, store=store.url)
+        assert (first["address"], first["new_files"]) == ("datasets/ner-cot/v1", 1)
+        sent = server.requests
+        nothing = cg_refresh(config, store=store.url)
+        assert nothing == {"address": "datasets/ner-cot/v1", "new_files": 0}
+        assert server.requests == sent  # nothing was annotated or judged
+        seed(store, 3, prefix="raw/passages/b", start=20)
+        second = cg_refresh(config, store=store.url)
+    assert (second["address"], second["new_files"]) == ("datasets/ner-cot/v2", 1)
+    assert server.requests == sent + 2 * 3  # teacher and judge, for the 3 new passages only
+    v2 = store.load("datasets/ner-cot/v2").manifest
+    assert (v2.stats["carried_over"], v2.stats["kept"], v2.stats["records"]) == (5, 3, 8)
+    assert sorted(v2.stats["raw_files"]) == ["raw/passages/a/part-0.jsonl", "raw/passages/b/part-0.jsonl"]
+    assert len(list(store.records(v2))) == 8
