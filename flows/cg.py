@@ -11,8 +11,6 @@ Usage::
     cg(CGConfig.preset("smoke", input="raw/passages/demo"))
 """
 
-from __future__ import annotations
-
 from prefect import flow
 
 from flows.servers import SharedServers

@@ -10,8 +10,6 @@ Usage (deployed with a cron schedule, see deploy/prefect.yaml)::
     cg_refresh(CGConfig.preset("smoke", input="raw/passages"))
 """
 
-from __future__ import annotations
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
