@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup demo test lint bench
+.PHONY: setup system demo test lint bench
 
 setup: $(STAMP)
 
@@ -18,12 +18,17 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/rner demo
 
+# System packages the tests drive: Debian's Chromium for the Prefect UI test (a downloaded browser does not work here).
+system:
+	command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
-test: setup lint
+test: setup system lint
 	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 bench: setup
