@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
 
 T = TypeVar("T")
 
@@ -45,10 +45,23 @@ class Config(BaseModel):
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Self:
         """The named preset with ``overrides`` merged in (nested dicts merge key by key)."""
+        return cls.model_validate({"preset": name, **overrides})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        """``{"preset": "paper", ...}`` is that preset with the other keys merged in: one shorthand for
+        YAML files, Prefect parameters and nested configs alike."""
+        if not isinstance(data, dict) or "preset" not in data:
+            return data
+        rest = {k: v for k, v in data.items() if k != "preset"}
+        name = data["preset"]
+        if name is None:
+            return rest
         if name not in cls.PRESETS:
             known = ", ".join(sorted(cls.PRESETS)) or "none"
             raise ValueError(f"{cls.__name__} has no preset {name!r} (known: {known})")
-        return cls.model_validate(deep_merge(cls.PRESETS[name], overrides))
+        return deep_merge(cls.PRESETS[name], rest)
 
     def hash_payload(self) -> dict[str, Any]:
         """The part of the config that determines the output, as plain JSON data."""

@@ -45,15 +45,11 @@ def load_config(cls: type[C], path: str | Path, *, preset: str | None = None) ->
 
 
 def build_config(cls: type[C], data: dict[str, Any], source: str = "<config>") -> C:
-    """``data`` validated as ``cls``, starting from ``data["preset"]`` when it names one."""
-    data = dict(data)
-    preset = data.pop("preset", None)
+    """``data`` validated as ``cls`` (starting from ``data["preset"]`` when it names one)."""
     try:
-        return cls.preset(preset, **data) if preset else cls.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{source}: invalid {cls.__name__}: {describe(e)}") from None
-    except ValueError as e:  # an unknown preset name
-        raise ConfigError(f"{source}: {e}") from None
 
 
 def dump_config(config: Config) -> str:

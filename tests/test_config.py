@@ -27,7 +27,7 @@ def test_preset_plus_overrides_from_yaml(tmp_path: Path) -> None:
     [
         ("dataset: d\nlearning_rate: -1\n", r"sft\.yaml: invalid SFTConfig: learning_rate: Input should be greater"),
         ("dataset: d\nparallel:\n  num_nodse: 2\n", r"parallel\.num_nodse: Extra inputs are not permitted"),
-        ("preset: huge\n", r"sft\.yaml: SFTConfig has no preset 'huge'"),
+        ("preset: huge\n", r"sft\.yaml: invalid SFTConfig: .*SFTConfig has no preset 'huge' \(known: paper, smoke\)"),
         ("- a\n- b\n", r"expected a mapping of SFTConfig fields, got list"),
         ("dataset: [unclosed\n", r"cannot read it as YAML"),
     ],
@@ -69,3 +69,12 @@ def test_overriding_a_server_with_another_kind_replaces_it() -> None:
     assert config.teacher.kind == "endpoint" and config.teacher.model == "m"
     tuned = AnnotateConfig.preset("paper", teacher={"max_model_len": 8192})  # same kind: merged
     assert (tuned.teacher.model, tuned.teacher.max_model_len) == ("deepseek-ai/DeepSeek-R1", 8192)
+
+
+def test_preset_shorthand_works_nested_and_in_plain_dicts() -> None:
+    from schemas import CGConfig
+
+    config = CGConfig.model_validate({"input": "raw/x", "annotate": {"preset": "paper", "shard_size": 32}})
+    assert config.annotate.sampling.temperature == 0.6 and config.annotate.shard_size == 32
+    assert config.judge.sampling.temperature == 0.0  # no preset: the defaults
+    assert CGConfig.model_validate({"preset": None, "input": "raw/x"}) == CGConfig(input="raw/x")
