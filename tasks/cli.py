@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -147,7 +148,17 @@ def demo(
     run_demo(limit=limit, max_tokens=max_tokens, console=out)
 
 
+def _plugins() -> None:
+    """Commands other packages add to ``rner`` (``flows.cli``: ``rner up``, ...), when they can load."""
+    for entry_point in entry_points(group="rner.plugins"):
+        try:
+            entry_point.load()(app)
+        except ImportError as e:  # e.g. Prefect is not installed in a stage image
+            app.info.epilog = f"(commands of {entry_point.value} are unavailable: {e})"
+
+
 def main() -> None:
+    _plugins()
     with clean_errors():
         app()
 
