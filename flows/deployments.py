@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from schemas import CGConfig, Config
+from schemas import DEMO_PASSAGES, CGConfig, Config
 
 PREFECT_FILE = Path(__file__).resolve().parent.parent / "deploy" / "prefect.yaml"
 PROCESS_POOL = "rner-process"
@@ -51,7 +51,7 @@ DEPLOYMENTS = (
         "cg-demo",
         "flows/cg.py:cg",
         "CoT generation on the demo passages (`rner data demo`) with the embedded default model, smoke preset.",
-        {"config": CGConfig.preset("smoke", input="raw/passages/demo")},
+        {"config": CGConfig.preset("smoke", input=DEMO_PASSAGES)},
     ),
     Deployment(
         "cg-paper",
@@ -69,7 +69,7 @@ DEPLOYMENTS = (
             Schedule(
                 "*/30 * * * *",
                 "demo-every-30-min",
-                {"config": CGConfig.preset("smoke", input="raw/passages/demo")},
+                {"config": CGConfig.preset("smoke", input=DEMO_PASSAGES)},
                 active=False,
             ),
         ),

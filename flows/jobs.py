@@ -31,12 +31,18 @@ from schemas.jobs import JobBackend
 from tasks.errors import RnerError
 from tasks.store import Published, Store
 
-STAGE_MODULES = {
-    "annotate": "tasks.annotate",
-    "validate": "tasks.validate",
-    "judge": "tasks.judge",
-    "publish": "tasks.publish",
-    "cg": "tasks.cg",
+STAGE_COMMANDS = {
+    "annotate": ["-m", "tasks.annotate"],
+    "validate": ["-m", "tasks.validate"],
+    "judge": ["-m", "tasks.judge"],
+    "publish": ["-m", "tasks.publish"],
+    "cg": ["-m", "tasks.cg"],
+    "mix": ["-m", "tasks.mix"],
+    "sample": ["-m", "tasks.sample"],
+    "evaluate": ["-m", "tasks.evaluate"],
+    # Training goes through the launcher: N processes x M nodes as the config's `parallel` says.
+    "sft": ["-m", "tasks.launch", "sft"],
+    "grpo": ["-m", "tasks.launch", "grpo"],
 }
 STOP_GRACE_S = 60.0
 LOG_TAIL = 60
@@ -54,9 +60,9 @@ def stage_command(
     stage: str, config: Config, store: Store, python: str | None = None, endpoint: Endpoint | None = None
 ) -> list[str]:
     """The command line that runs ``stage`` with ``config`` against ``store``, the same on every backend."""
-    if stage not in STAGE_MODULES:
-        raise JobFailed(f"unknown stage {stage!r} (known: {', '.join(STAGE_MODULES)})")
-    command = [python or sys.executable, "-m", STAGE_MODULES[stage], "--config-json", config.model_dump_json()]
+    if stage not in STAGE_COMMANDS:
+        raise JobFailed(f"unknown stage {stage!r} (known: {', '.join(STAGE_COMMANDS)})")
+    command = [python or sys.executable, *STAGE_COMMANDS[stage], "--config-json", config.model_dump_json()]
     command += ["--store", store.url]
     if endpoint is not None:
         command += ["--endpoint", endpoint.base_url, "--endpoint-model", endpoint.model]
@@ -75,8 +81,11 @@ def run_job(
     command = stage_command(stage, config, store, backend.python, endpoint)
     logger = get_run_logger()
     logger.info("job %s: %s", stage, " ".join([*command[:3], "..."]))
+    # The job resolves `store:` model references against the same store it writes to. Its progress reaches
+    # the UI as progress lines; the libraries' own progress bars would only flood the run log.
+    env = {**os.environ, "RNER_STORE": store.url, "TQDM_DISABLE": "1"}
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=os.environ
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
     )
     tail: deque[str] = deque(maxlen=LOG_TAIL)
     stdout: list[str] = []

@@ -90,9 +90,11 @@ def run_stage(
     *,
     server: EndpointFor | None = None,
     fingerprint: str | None = None,
+    label: str | None = None,
 ) -> Published:
-    """The stage's published output: from the task cache when this exact work was done before."""
-    job = stage_job.with_options(name=stage, result_storage=StoreResults.for_store(store))
+    """The stage's published output: from the task cache when this exact work was done before. ``label``
+    names the task run when one stage runs twice in a flow (the pipeline evaluates two models)."""
+    job = stage_job.with_options(name=label or stage, result_storage=StoreResults.for_store(store))
     result = job(stage, config, store.url, backend, server, fingerprint)
     return store.load(result["address"])
 

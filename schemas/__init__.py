@@ -4,6 +4,8 @@ from pydantic import BaseModel
 
 from schemas.base import Config, Record, canonical_json, config_hash, sha256_hex
 from schemas.configs import (
+    DEMO_PASSAGES,
+    EVAL_SUITES,
     STAGE_CONFIGS,
     AnnotateConfig,
     CGConfig,
@@ -11,10 +13,13 @@ from schemas.configs import (
     EvalConfig,
     GRPOConfig,
     JudgeConfig,
+    MixConfig,
     Parallelism,
+    PipelineConfig,
     PublishConfig,
     SampleConfig,
     SFTConfig,
+    TrainConfig,
     TransformersRunner,
     ValidateConfig,
     VLLMLaunch,
@@ -47,6 +52,8 @@ EXPORTED: dict[str, type[BaseModel]] = {
 """Every model ``rner schemas export`` writes a JSON Schema for."""
 
 __all__ = [
+    "DEMO_PASSAGES",
+    "EVAL_SUITES",
     "EXPORTED",
     "MANIFEST_FILE",
     "RECORD_TYPES",
@@ -67,9 +74,11 @@ __all__ = [
     "Manifest",
     "ManifestKind",
     "Mention",
+    "MixConfig",
     "NERExample",
     "Parallelism",
     "Passage",
+    "PipelineConfig",
     "Prediction",
     "PublishConfig",
     "Record",
@@ -78,6 +87,7 @@ __all__ = [
     "SFTConfig",
     "SampleConfig",
     "SamplingParams",
+    "TrainConfig",
     "TransformersRunner",
     "VLLMLaunch",
     "ValidateConfig",

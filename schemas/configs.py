@@ -109,6 +109,8 @@ class LLMStage(Config):
 
 
 _R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768}
+DEMO_PASSAGES = "raw/passages/demo"
+"""Where ``rner data demo`` puts the demo corpus's passages: the smoke pipeline's CG input."""
 _SMOKE_LLM = {"shard_size": 8, "concurrency": 16, "request_timeout_s": 120.0}
 
 
@@ -219,33 +221,62 @@ class CGConfig(Config):
         return self
 
 
+class MixConfig(Config):
+    """Several CoT (or NER) datasets as one training set; sources in priority order (see ``tasks.mix``)."""
+
+    VOLATILE = frozenset({"sources"})
+    sources: Annotated[Seq[Name], Field(min_length=1)]
+    """Addresses of published ``cot``/``ner`` outputs, or ``demo:cot``; pinned by their digests."""
+    on_duplicate: Literal["error", "first"] = "error"
+    PRESETS: ClassVar = {
+        "paper": {"sources": ["datasets/ner-cot/v1"]},  # the paper trains on its NER-CoT set alone
+        "smoke": {"sources": ["demo:cot"]},
+    }
+
+
 class Parallelism(Config):
-    """How many processes on how many nodes, and which GPUs training may use."""
+    """How many training processes on how many nodes (``tasks.launch`` starts them with torchrun).
+
+    Every node runs the same command; the nodes find each other at the c10d rendezvous ``rdzv_endpoint``
+    (any reachable ``host:port``, usually node 0's), which multi-node runs need.
+    """
 
     VOLATILE = frozenset({"rdzv_endpoint"})
     num_nodes: PositiveInt = 1
     processes_per_node: PositiveInt = 1
     rdzv_endpoint: str | None = None
-    """``host:port`` of the rendezvous for multi-node runs."""
+    """``host:port`` of the c10d rendezvous for multi-node runs."""
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.processes_per_node
 
 
-class SFTConfig(Config):
-    """CT: supervised fine-tuning on the NER-CoT dataset (TRL SFTTrainer)."""
+TooLong = Literal["drop", "truncate", "fail"]
+"""What to do with an example longer than the configured maximum: leave it out, cut it, or stop with an
+error. Either way the count is logged and recorded in the output's manifest."""
 
-    VOLATILE = frozenset({"logging_steps", "save_steps", "parallel", "per_device_batch_size"})
+
+class TrainConfig(Config):
+    """What the training stages (CT and RE) share: model, data, schedule, batch, precision and kernels,
+    checkpoints, processes.
+
+    ``global_batch_size`` is what one optimizer step sees (sequences for SFT, completions for GRPO); the
+    gradient accumulation is what makes ``per_device_batch_size`` x processes reach it. The GPU options
+    (``bf16`` on CUDA, ``liger_kernel``, ``flash_attention``, ``deepspeed_zero``) are refused with an error
+    on hardware that lacks them, never silently dropped. ``resume`` continues from the newest checkpoint
+    this output has in the store (``<address>/_checkpoints/``); checkpoints are written every ``save_steps``.
+    """
+
+    VOLATILE = frozenset({"logging_steps", "save_steps", "parallel", "per_device_batch_size", "resume"})
     dataset: Name
     model: Name = DEFAULT_MODEL
-    with_cot: bool = True
-    """False trains on the answer alone (the paper's ablation)."""
     epochs: PositiveFloat = 1.0
     max_steps: PositiveInt | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``)."""
     learning_rate: PositiveFloat = 2e-5
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
     global_batch_size: PositiveInt = 8
     per_device_batch_size: PositiveInt = 1
-    max_seq_len: PositiveInt = 2048
-    packing: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
     liger_kernel: bool = False
@@ -254,7 +285,48 @@ class SFTConfig(Config):
     seed: int = 42
     logging_steps: PositiveInt = 10
     save_steps: PositiveInt = 500
+    resume: bool = True
     parallel: Parallelism = Parallelism()
+
+    def batch_units(self) -> list[tuple[int, str]]:
+        """What ``global_batch_size`` must be a multiple of, and why."""
+        per_step = self.per_device_batch_size * self.parallel.world_size
+        why = "gradient accumulation needs a whole number of micro-batches"
+        return [(per_step, f"per_device_batch_size x processes ({per_step}): {why}")]
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> Self:
+        for unit, what in self.batch_units():
+            if self.global_batch_size % unit:
+                raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of {what}")
+        return self
+
+    @model_validator(mode="after")
+    def _flash_attention_needs_half_precision(self) -> Self:
+        if self.flash_attention and not self.bf16:
+            raise ValueError("flash_attention needs bf16: FlashAttention-2 runs in half precision only")
+        return self
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.per_device_batch_size * self.parallel.world_size)
+
+
+class SFTConfig(TrainConfig):
+    """CT: supervised fine-tuning on the NER-CoT dataset (TRL SFTTrainer).
+
+    ``dataset``: a published ``cot`` dataset (``CoTRecord``), or a ``ner`` dataset (``NERExample``) with
+    ``with_cot: false``. Sequences are prompt + target in the model's chat template, at most
+    ``max_seq_len`` tokens; longer ones are handled as ``too_long`` says.
+    """
+
+    with_cot: bool = True
+    """False trains on the answer alone (the paper's ablation "SFT on raw labels")."""
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    max_seq_len: PositiveInt = 2048
+    too_long: TooLong = "drop"
+    packing: bool = False
     PRESETS: ClassVar = {
         "paper": {
             "dataset": "datasets/ner-cot",
@@ -283,46 +355,50 @@ class SFTConfig(Config):
         },
     }
 
-    @model_validator(mode="after")
-    def _batch_divides(self) -> Self:
-        per_step = self.per_device_batch_size * self.parallel.num_nodes * self.parallel.processes_per_node
-        if self.global_batch_size % per_step:
-            raise ValueError(
-                f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size x "
-                f"processes ({per_step}); gradient accumulation needs a whole number of micro-batches"
-            )
-        return self
-
 
 class SampleConfig(Config):
-    """RE data: stratified sampling from labelled NER sets."""
+    """RE data: stratified sampling from labelled NER sets.
 
+    A dataset is a ``source`` value of the examples: a published ``ner`` output may hold several, an
+    InstructUIE folder ``<name>/`` is one (named ``name``). ``total`` is spread evenly over the datasets,
+    each taking at most ``per_dataset_cap`` and at most what it has; what a small dataset cannot give
+    goes to the others.
+    """
+
+    VOLATILE = frozenset({"sources"})
     sources: Seq[Name]
-    """Dataset addresses in the store, or paths of InstructUIE-layout folders."""
+    """InstructUIE-layout folders (one ``<name>/{train,dev,test}.json`` + ``labels.json``, or a folder of
+    them), ``NERExample`` ``.jsonl`` files, ``demo:<split>``, or addresses of published ``ner`` outputs.
+    Pinned by the digests of their content, so where they were read from is not part of the config hash."""
     split: Literal["train", "dev", "test"] = "train"
     total: PositiveInt
     per_dataset_cap: PositiveInt | None = None
     seed: int = 42
     PRESETS: ClassVar = {
         "paper": {"sources": ["datasets/instructuie"], "total": 4703},
-        "smoke": {"sources": ["datasets/demo"], "total": 16, "per_dataset_cap": 4},
+        "smoke": {"sources": ["demo:train"], "total": 16, "per_dataset_cap": 4},
     }
 
 
-class GRPOConfig(Config):
-    """RE: reinforcement learning with GRPO, reward = 10 * F1 + 1 * schema (TRL GRPOTrainer)."""
+Rollout = Literal["server", "colocate", "transformers"]
 
-    VOLATILE = frozenset({"logging_steps", "save_steps", "parallel", "per_device_batch_size"})
-    dataset: Name
-    model: Name = DEFAULT_MODEL
+
+class GRPOConfig(TrainConfig):
+    """RE: reinforcement learning with GRPO, reward = 10 * F1 + 1 * schema (TRL GRPOTrainer).
+
+    ``dataset``: a published ``ner`` dataset (``NERExample``, e.g. from ``tasks.sample``); ``model``
+    usually the CT model, ``store:<address>``. Rollouts: ``server`` runs ``trl vllm-serve`` on the node's
+    last ``rollout_gpus`` GPUs (the stage starts and stops it; training uses the others), ``colocate``
+    runs vLLM inside the training processes, ``transformers`` generates with the training model itself
+    (CPU). Prompts longer than ``max_prompt_length`` tokens are dropped or refused (``too_long``);
+    a cut prompt would lose entities its gold still lists.
+    """
+
     num_generations: Annotated[int, Field(ge=2)] = 4
     beta: Annotated[float, Field(ge=0)] = 0.04
     epsilon: PositiveFloat = 0.2
-    epochs: PositiveFloat = 1.0
-    max_steps: PositiveInt | None = None
     learning_rate: PositiveFloat = 1e-6
     """Not stated in the paper; TRL's GRPO default."""
-    global_batch_size: PositiveInt = 8
     per_device_batch_size: PositiveInt = 4
     max_prompt_length: PositiveInt = 1024
     max_completion_length: PositiveInt = 256
@@ -332,16 +408,10 @@ class GRPOConfig(Config):
     empty_match_f1: Annotated[float, Field(ge=0, le=1)] = 1.0
     """F1 when gold and prediction are both empty. The released code uses 0.0; 1.0 (nothing to find,
     nothing found) is our default."""
-    rollout: Literal["server", "colocate", "transformers"] = "transformers"
+    too_long: Literal["drop", "fail"] = "drop"
+    rollout: Rollout = "transformers"
     rollout_gpus: NonNegativeInt = 0
     """GPUs of the node given to the ``trl vllm-serve`` rollout server (``rollout: server``)."""
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    deepspeed_zero: Literal[0, 2, 3] = 0
-    seed: int = 42
-    logging_steps: PositiveInt = 10
-    save_steps: PositiveInt = 500
-    parallel: Parallelism = Parallelism()
     PRESETS: ClassVar = {
         "paper": {
             "model": PAPER_BACKBONE,
@@ -372,28 +442,59 @@ class GRPOConfig(Config):
         },
     }
 
+    def batch_units(self) -> list[tuple[int, str]]:
+        group = f"num_generations ({self.num_generations}): each prompt's completions form one group"
+        return [*super().batch_units(), (self.num_generations, group)]
+
     @model_validator(mode="after")
-    def _generations_divide_batch(self) -> Self:
-        if self.global_batch_size % self.num_generations:
-            raise ValueError(
-                f"global_batch_size {self.global_batch_size} must be a multiple of num_generations "
-                f"{self.num_generations}: each prompt's completions form one group"
-            )
+    def _server_has_gpus(self) -> Self:
+        if (self.rollout == "server") != (self.rollout_gpus > 0):
+            raise ValueError("rollout_gpus > 0 goes with rollout: server (the GPUs its vLLM server runs on), only")
         return self
 
 
-class EvalConfig(Config):
-    """Zero-shot evaluation: generate on eval sets, score with the paper's metric (and strict spans)."""
+EVAL_SUITES: dict[str, tuple[str, ...]] = {
+    # The paper's Table 1: zero-shot on CrossNER's five domains and the two MIT sets.
+    "crossner_mit": (
+        "CrossNER_AI", "CrossNER_literature", "CrossNER_music", "CrossNER_politics", "CrossNER_science",
+        "mit-movie", "mit-restaurant",
+    ),
+    # The 20 supervised NER sets of InstructUIE / UniversalNER, by their InstructUIE folder names.
+    "instructuie_20": (
+        "ACE 2005", "AnatEM", "bc2gm", "bc4chemd", "bc5cdr", "Broad Tweet Corpus", "CoNLL 2003", "FabNER",
+        "FindVehicle", "GENIA_NER", "HarveyNER", "mit-movie", "mit-restaurant", "MultiNERD", "ncbi", "Ontonotes",
+        "PolyglotNER", "TweetNER7", "WikiANN en", "WikiNeural",
+    ),
+}  # fmt: skip
+"""Named eval suites: InstructUIE folder names, resolved under ``EvalConfig.suite_root``."""
 
-    VOLATILE = frozenset({"concurrency", "request_timeout_s", "max_retries"})
+
+class EvalConfig(Config):
+    """Zero-shot evaluation: generate on eval sets, score with the paper's metric (and strict spans).
+
+    Eval sets are pinned by the digests of their content (part of the output's address), so where they are
+    (``datasets`` paths, ``suite_root``) is not part of the config hash; their names are, through the digests.
+    """
+
+    VOLATILE = frozenset({"datasets", "suite_root", "concurrency", "request_timeout_s", "max_retries"})
     model: Generator = TransformersRunner()
     datasets: Seq[Name] = ()
-    """Dataset addresses in the store, or paths of InstructUIE-layout folders."""
+    """Eval sets: addresses of published ``ner`` outputs in the store, ``NERExample`` ``.jsonl`` files,
+    InstructUIE-layout folders (``<name>/test.json`` + ``<name>/labels.json``), or ``demo:test``."""
     suite: Name | None = None
-    """A named suite (``crossner_mit``, ``instructuie_20``) resolved under ``suite_root``."""
+    """A named suite (``EVAL_SUITES``: ``crossner_mit``, ``instructuie_20``), resolved under ``suite_root``."""
     suite_root: str | None = None
+    """A directory holding the suite's InstructUIE folders, or the id of a hub dataset laid out the same way."""
     max_examples: PositiveInt | None = None
+    """At most this many examples per dataset (the first ones)."""
     sampling: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
+    """Greedy decoding by default, as the paper evaluates."""
+    tokenizer: Name | None = None
+    """Model reference whose tokenizer counts reasoning tokens; default: the evaluated model's own (an
+    endpoint has none at hand, so without this its report counts completion tokens only)."""
+    per_label_dataset: Name | None = None
+    """The dataset whose per-label F1 is charted; default: the one with the most gold entities."""
+    shard_size: PositiveInt = 64
     concurrency: PositiveInt = 64
     request_timeout_s: PositiveFloat = 600.0
     max_retries: NonNegativeInt = 5
@@ -403,13 +504,59 @@ class EvalConfig(Config):
             "suite": "crossner_mit",
             "sampling": {"max_tokens": 4096},
         },
-        "smoke": {"datasets": ["datasets/demo"], "max_examples": 8, "sampling": {"max_tokens": 256}},
+        "smoke": {"datasets": ["demo:test"], "max_examples": 2, "sampling": {"max_tokens": 256}, "shard_size": 8},
     }
 
     @model_validator(mode="after")
     def _something_to_evaluate(self) -> Self:
         if not self.datasets and self.suite is None:
             raise ValueError("give 'datasets' or a 'suite'")
+        if self.suite is not None and self.suite not in EVAL_SUITES:
+            raise ValueError(f"unknown suite {self.suite!r} (known: {', '.join(EVAL_SUITES)})")
+        return self
+
+
+class PipelineConfig(Config):
+    """The whole method on one config: CG → CT → RE → zero-shot evaluation (the ``pipeline`` flow).
+
+    The flow chains the stages: it sets ``sft.dataset`` (the CG output, mixed with ``extra_cot``),
+    ``grpo.dataset`` (the sample output), ``grpo.model`` (the CT model) and the model of ``evaluate``
+    (the CT model, then the RE model, each with ``evaluate.model``'s kind), replacing the values
+    given there.
+    """
+
+    VOLATILE = frozenset({"extra_cot"})
+    cg: CGConfig
+    extra_cot: Seq[Name] = ()
+    """More CoT datasets mixed into CT's training data after the CG output (``demo:cot``: the hand-written
+    reasoning of the demo corpus, which the smoke preset uses because the 135M teacher writes almost none)."""
+    sft: SFTConfig
+    sample: SampleConfig
+    grpo: GRPOConfig
+    evaluate: EvalConfig
+    PRESETS: ClassVar = {
+        "smoke": {
+            "cg": CGConfig.PRESETS["smoke"] | {"input": DEMO_PASSAGES},
+            "extra_cot": ["demo:cot"],
+            "sft": SFTConfig.PRESETS["smoke"],
+            "sample": SampleConfig.PRESETS["smoke"],
+            "grpo": GRPOConfig.PRESETS["smoke"],
+            "evaluate": EvalConfig.PRESETS["smoke"],
+        },
+        "paper": {
+            "cg": CGConfig.PRESETS["paper"],
+            "sft": SFTConfig.PRESETS["paper"],
+            "sample": SampleConfig.PRESETS["paper"],
+            "grpo": GRPOConfig.PRESETS["paper"],
+            "evaluate": EvalConfig.PRESETS["paper"],
+        },
+    }
+
+    @model_validator(mode="after")
+    def _evaluate_can_load_trained_models(self) -> Self:
+        if self.evaluate.model.kind == "endpoint":
+            raise ValueError("evaluate.model: a running endpoint cannot serve the models this pipeline trains; "
+                             "use kind vllm or transformers")  # fmt: skip
         return self
 
 
@@ -419,6 +566,7 @@ STAGE_CONFIGS: dict[str, type[Config]] = {
     "judge": JudgeConfig,
     "publish": PublishConfig,
     "cg": CGConfig,
+    "mix": MixConfig,
     "sft": SFTConfig,
     "sample": SampleConfig,
     "grpo": GRPOConfig,

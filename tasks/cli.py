@@ -6,7 +6,11 @@
     rner config show sft --preset paper         # a complete stage config to start from
     rner data demo                              # demo passages into the store as raw CG input
     rner cg run --config cg.yaml                # CoT generation; also cg annotate|validate|judge|publish
-    rner demo                                   # the embedded-default demo (see README)
+    rner data sample --config sample.yaml       # RE data: a stratified sample of labelled NER sets
+    rner data mix --config mix.yaml             # several CoT datasets into one training set
+    rner train sft --config sft.yaml            # CT; `rner train grpo` for RE (N processes x M nodes)
+    rner eval --config eval.yaml                # zero-shot F1 report on eval sets
+    rner extract --labels person,city --text …  # entities with character offsets
 
 Known failures (bad files, bad configs, unreachable store, missing model) print one clear message and
 exit with status 1; a traceback means a bug.
@@ -23,8 +27,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from schemas import EXPORTED, STAGE_CONFIGS, Config
+from schemas import DEMO_PASSAGES, EXPORTED, STAGE_CONFIGS, Config
 from tasks.config import build_config, dump_config, load_config
+from tasks.evaluate import cli_eval
+from tasks.extract import cli_extract
+from tasks.launch import train_command
 from tasks.models import ensure_default_model
 from tasks.score import report_table, score_files
 from tasks.stage_cli import clean_errors, stage_command
@@ -69,11 +76,21 @@ for _name, _module, _cls in (
     ("run", "tasks.cg", "CGConfig"),
 ):
     _stage(cg_app, _name, _module, _cls)
+_stage(data_app, "sample", "tasks.sample", "SampleConfig")
+_stage(data_app, "mix", "tasks.mix", "MixConfig")
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Training: CoT SFT (CT) and GRPO (RE), on N processes x M nodes.")
+app.add_typer(train_app, name="train")
+for _name in ("sft", "grpo"):
+    train_app.command(_name)(train_command(_name))
+app.command("eval")(cli_eval)
+app.command("extract")(cli_extract)
 
 
 @data_app.command("demo")
 def data_demo(
-    prefix: Annotated[str, typer.Option(help="Where in the store the raw passage files go.")] = "raw/passages/demo",
+    prefix: Annotated[str, typer.Option(help="Where in the store the raw passage files go.")] = DEMO_PASSAGES,
     store: StoreOption = None,
 ) -> None:
     """Put the demo corpus's training passages (without their gold entities) into the store as raw input."""
@@ -135,17 +152,6 @@ def score(
         print(json.dumps(report.to_dict(), indent=2))
     else:
         out.print(report_table(report))
-
-
-@app.command()
-def demo(
-    limit: Annotated[int, typer.Option(help="Demo test passages to run the model on.")] = 6,
-    max_tokens: Annotated[int, typer.Option(help="Generation budget per passage.")] = 192,
-) -> None:
-    """Provision the default model, extract entities from demo passages with it, store and score them."""
-    from tasks.demo import run_demo
-
-    run_demo(limit=limit, max_tokens=max_tokens, console=out)
 
 
 def _plugins() -> None:

@@ -6,6 +6,8 @@ Usage::
     with serve(cfg.teacher) as endpoint:     # Endpoint → itself; VLLMLaunch → a server of our own
         client = OpenAI(base_url=endpoint.base_url, api_key="unused")
         ...                                  # the server is stopped when the block ends, however it ends
+    with run_server(cmd, env, port=port, startup_timeout_s=900):   # any vLLM server command (trl vllm-serve)
+        ...
 
 A ``VLLMLaunch`` runs ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 (``spec.python``,
 else ``tasks.vllm_env.vllm_python()``), or ``docker run`` of ``spec.image`` with host networking.
@@ -148,13 +150,30 @@ def serve(
         python = spec.python or vllm_python(settings)
         cmd = vllm_command(spec, model_path=model_path, served_name=served_name, port=port, python=python)
         env = {**os.environ, **server_env(spec)}
+    with run_server(cmd, env, port=port, startup_timeout_s=spec.startup_timeout_s, on_log=on_log, container=container):
+        yield Endpoint(base_url=f"http://{HOST}:{port}/v1", model=served_name)
+
+
+@contextmanager
+def run_server(
+    cmd: list[str],
+    env: dict[str, str],
+    *,
+    port: int,
+    startup_timeout_s: float,
+    on_log: Callable[[str], None] | None = None,
+    container: str | None = None,
+) -> Iterator[None]:
+    """Run ``cmd``, a vLLM server listening on ``HOST:port``, for the duration of the block: healthy when the
+    block starts, stopped however it ends, watched by a watchdog (see the module docstring). ``serve`` runs
+    the OpenAI server with it; GRPO runs ``trl vllm-serve``."""
     _log.info("starting vLLM server: %s", " ".join(cmd))
     process = _Process.start(cmd, env, on_log or _log.info, container)
     try:
         started = time.monotonic()
-        _wait_healthy(process, f"http://{HOST}:{port}/health", started + spec.startup_timeout_s)
-        _log.info("vLLM server %r ready on port %d after %.0f s", served_name, port, time.monotonic() - started)
-        yield Endpoint(base_url=f"http://{HOST}:{port}/v1", model=served_name)
+        _wait_healthy(process, f"http://{HOST}:{port}/health", started + startup_timeout_s)
+        _log.info("vLLM server ready on port %d after %.0f s", port, time.monotonic() - started)
+        yield
     finally:
         process.stop()
         _log.info("vLLM server on port %d stopped", port)

@@ -42,6 +42,19 @@ def print_progress(done: int, total: int, step: str = "") -> None:
     err.print(f"{step} progress {done}/{total}".strip(), highlight=False)
 
 
+def read_config(cls: type[C], config: Path | None, config_json: str | None, preset: str | None) -> C:
+    """The stage's config from exactly one of a YAML file and inline JSON, on top of ``preset``."""
+    if (config is None) == (config_json is None):
+        raise ConfigError("give exactly one of --config (a YAML file) and --config-json (the config inline)")
+    if config is not None:
+        return load_config(cls, config, preset=preset)
+    try:
+        data = json.loads(config_json)  # type: ignore[arg-type]
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config-json is not JSON: {e}") from None
+    return build_config(cls, {"preset": preset, **data} if preset else data, source="--config-json")
+
+
 def run_stage(
     cls: type[C],
     run: Callable[..., Published],
@@ -56,16 +69,7 @@ def run_stage(
     from tasks.serving import raise_on_sigterm
 
     raise_on_sigterm()
-    if (config is None) == (config_json is None):
-        raise ConfigError("give exactly one of --config (a YAML file) and --config-json (the config inline)")
-    if config is not None:
-        loaded = load_config(cls, config, preset=preset)
-    else:
-        try:
-            data = json.loads(config_json)  # type: ignore[arg-type]
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--config-json is not JSON: {e}") from None
-        loaded = build_config(cls, {"preset": preset, **data} if preset else data, source="--config-json")
+    loaded = read_config(cls, config, config_json, preset)
     extra = {"endpoint": endpoint} if endpoint is not None else {}
     target = Store(store) if store else Store.from_settings()
     published = run(loaded, target, progress=print_progress, **extra)

@@ -6,6 +6,7 @@ use the real SmolLM2-135M-Instruct converted from the GGUF file that the ``llm-s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,10 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from schemas import CoTRecord, NERExample, PublishConfig, SampleConfig, SFTConfig
 from schemas.configs import Endpoint, VLLMLaunch
 from tasks.serving import serve
 from tasks.settings import Settings
-from tasks.store import Store
+from tasks.store import Published, Store
 from tasks.vllm_env import vllm_python
 
 REPO = Path(__file__).resolve().parent.parent
@@ -188,3 +190,178 @@ def vllm_endpoint(default_model: Path, vllm_python_exe: str) -> Iterator[Endpoin
         [server] = _processes_with_args("--port", str(httpx.URL(endpoint.base_url).port))
         yield endpoint
     assert not _process_group(server), f"vLLM processes outlived serve(): {_process_group(server)}"
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A temporary Prefect server (and database) for the flow tests of this session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+# --- training (tests/test_sft.py, test_grpo.py, test_launch.py) ---------------------------------------
+# CPU training costs per token, so the training tests share two tiny datasets and one trained model.
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped on machines without a CUDA device (their CPU paths are tested beside them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+class TrainingData:
+    """A store holding ``cot`` (CoT records) and ``re`` (the same passages as NER examples), both published.
+
+    The passages are the two shortest of the demo corpus's training split, one of them without entities.
+    The reasoning is written here and quotes each entity: the embedded SmolLM2-135M teacher produces almost
+    no valid CoT records, so training tests build their CoT data directly in the store.
+    """
+
+    IDS = ("news-train-06", "news-train-05")
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cot, self.re = self.publish(store)
+
+    def publish(self, store: Store) -> tuple[Published, Published]:
+        """Both datasets, published in ``store`` (at the same addresses in any store)."""
+        from tasks.demo import load_demo
+
+        examples = [ex for ex in load_demo("train") if ex.id in self.IDS]
+        records = [CoTRecord.model_validate({**ex.model_dump(), **self.annotation(ex)}) for ex in examples]
+        cot, re = store.output("datasets/ner-cot/v1"), store.output("datasets/re/v1")
+        config = SampleConfig(sources=["demo:train"], total=len(examples))
+        return (
+            cot.publish(
+                kind="cot", stage="publish", config=PublishConfig(), files=[cot.write("data", records, CoTRecord)]
+            ),
+            re.publish(kind="ner", stage="sample", config=config, files=[re.write("data", examples, NERExample)]),
+        )
+
+    @staticmethod
+    def annotation(example: NERExample) -> dict[str, object]:
+        from tasks.prompts import assistant_target
+
+        quoted = " ".join(f'"{e.text}" is a {e.label}.' for e in example.entities)
+        reasoning = quoted or "The text names no entity of the listed types."
+        completion = assistant_target(reasoning, example.entities, example.labels)
+        return {
+            "reasoning": reasoning,
+            "completion": completion,
+            "teacher": {"model": "written", "sampling": {}, "request_key": example.id},
+        }
+
+
+@pytest.fixture(scope="session")
+def training_data(tmp_path_factory: pytest.TempPathFactory) -> TrainingData:
+    return TrainingData(Store(tmp_path_factory.mktemp("training-store"), Settings()))
+
+
+@pytest.fixture(scope="session")
+def train_settings(rner_home: Path, default_model: Path) -> Settings:
+    """Settings of in-process training runs: the session's RNER_HOME, where ``default`` is converted and
+    work directories go (``runs/``)."""
+    return Settings(RNER_HOME=str(rner_home))  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def sft_smoke() -> Callable[..., SFTConfig]:
+    """``sft_smoke(**overrides)``: the smallest SFT config that still learns: the two passages, one per
+    step, four steps (two epochs)."""
+
+    def config(**overrides: object) -> SFTConfig:
+        values = {"dataset": "datasets/ner-cot/v1", "global_batch_size": 1, "per_device_batch_size": 1}
+        return SFTConfig.preset("smoke", **{**values, "max_steps": 4, "learning_rate": 1e-4, **overrides})
+
+    return config
+
+
+@pytest.fixture(scope="session")
+def sft_model(training_data: TrainingData, sft_smoke: Callable[..., SFTConfig], train_settings: Settings) -> Published:
+    """The session's CT model: ``sft_smoke()`` trained on the default model, published in ``training_data``'s store."""
+    from tasks import sft
+
+    return sft.run(sft_smoke(), training_data.store, settings=train_settings)
+
+
+@pytest.fixture(scope="session")
+def model_weights(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Store, Published], dict[str, object]]:
+    """``model_weights(store, published)``: the tensors of a published model, fetched by ``store:<address>``."""
+    from safetensors.torch import load_file
+
+    from tasks.models import resolve_model
+
+    home = tmp_path_factory.mktemp("model-cache")  # fetched models are cached by manifest digest: one for all
+
+    def load(store: Store, published: Published) -> dict[str, object]:
+        settings = Settings(RNER_STORE=store.url, RNER_HOME=str(home))  # type: ignore[call-arg]
+        return load_file(Path(resolve_model(f"store:{published.manifest.address}", settings)) / "model.safetensors")
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def log_history() -> Callable[[Store, Published], list[dict[str, object]]]:
+    """``log_history(store, published)``: the trainer's log of a published model (its JSON report file)."""
+
+    def read(store: Store, published: Published) -> list[dict[str, object]]:
+        [entry] = [f for f in published.manifest.files_with("report") if f.path.endswith(".json")]
+        return json.loads(store.read_file(published.manifest.address, entry))
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def tiny_model(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer llama with the default model's tokenizer and chat template, made here:
+    for the tests of training mechanics (resume, processes, nodes), where SmolLM2's 135M parameters would
+    only cost time and checkpoint bytes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(default_model)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+class Launcher:
+    """``python -m tasks.launch STAGE`` as one node of a job runs it: the config as a YAML file, the node's own
+    RNER_HOME (its work directories, as on a machine of its own)."""
+
+    @staticmethod
+    def start(stage: str, config: SFTConfig | object, store: Store, home: Path) -> subprocess.Popen[str]:
+        import yaml
+
+        home.mkdir(parents=True, exist_ok=True)
+        path = home / f"{stage}.yaml"
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json")))  # type: ignore[union-attr]
+        command = [sys.executable, "-m", "tasks.launch", stage, "--config", str(path), "--store", store.url]
+        # One thread per process, however many processes a node runs: the same arithmetic in every layout.
+        env = {**os.environ, "RNER_HOME": str(home), "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def published(process: subprocess.Popen[str], store: Store, timeout: float = 1800) -> Published:
+        """What the node published, once it has finished (the address is the last line it printed)."""
+        out, err = process.communicate(timeout=timeout)
+        assert process.returncode == 0, err[-4000:]
+        return store.load(json.loads(out.strip().splitlines()[-1])["address"])
+
+
+@pytest.fixture(scope="session")
+def launcher() -> type[Launcher]:
+    return Launcher

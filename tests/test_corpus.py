@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tasks.demo import DEMO_SPLITS, load_demo, spread
+from tasks.demo import DEMO_SPLITS, load_demo
 
 DOMAINS = {"demo-news", "demo-science", "demo-music", "demo-food", "demo-tech", "demo-sports"}
 
@@ -31,10 +31,3 @@ def test_ids_unique_across_splits_and_tricky_cases_present() -> None:
     assert any(not t.isascii() for t in texts)
     assert any(ex.entities == () for ex in examples)
     assert any(len([e for e in ex.entities if e.text == other.text]) > 1 for ex in examples for other in ex.entities)
-
-
-def test_spread_covers_every_domain_first() -> None:
-    picked = spread(load_demo("test"), 6)
-    assert {ex.source for ex in picked} == DOMAINS
-    everything = spread(load_demo("test"), 100)
-    assert sorted(ex.id for ex in everything) == sorted(ex.id for ex in load_demo("test"))

@@ -6,29 +6,16 @@ lets a test take the judge down and bring it back (a real vLLM server is exercis
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fault_server import FaultServer, ok, sequence, status
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
-from prefect.flow_engine import run_flow
-from prefect.states import Scheduled
-from prefect.testing.utilities import prefect_test_harness
+from prefect_runs import artifacts, retry, task_runs
 from test_cg_run import seed, teacher_or_judge
 
 from flows.cg import cg
 from schemas import CGConfig, Endpoint
 from schemas.base import deep_merge
 from tasks.store import Store
-
-
-@pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def cg_config(teacher: Endpoint, judge: Endpoint, **overrides: dict) -> CGConfig:
@@ -41,23 +28,6 @@ def cg_config(teacher: Endpoint, judge: Endpoint, **overrides: dict) -> CGConfig
     return CGConfig.preset("smoke", **values)
 
 
-async def _task_runs(flow_run_id: object) -> dict[str, list[str]]:
-    async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    states: dict[str, list[str]] = {}
-    for run in sorted(runs, key=lambda r: r.expected_start_time):
-        states.setdefault(run.name.split("-")[0], []).append(run.state.name if run.state else "?")
-    return states
-
-
-async def _artifacts(flow_run_id: object) -> dict[str, str]:
-    async with get_client() as client:
-        found = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return {a.key: a.type for a in found if a.key}
-
-
 def test_cg_flow_publishes_with_artifacts(prefect_server: None, tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     seed(store, 8)
@@ -67,13 +37,13 @@ def test_cg_flow_publishes_with_artifacts(prefect_server: None, tmp_path: Path) 
     result = state.result()
     assert result["address"] == "datasets/ner-cot/v1"
     assert store.load(result["address"]).digest == result["digest"]
-    artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
+    shown = artifacts(state.state_details.flow_run_id)
     for step in ("annotate", "validate", "judge", "publish"):
-        assert artifacts[f"{step}-stats"] == "table"
-        assert f"{step}-output" in artifacts  # a link (Prefect stores links as markdown)
-    assert artifacts["annotate-progress"] == "progress"
-    assert artifacts["judge-scores"] == "table"
-    assert artifacts["publish-card"] == "markdown"
+        assert shown[f"{step}-stats"] == "table"
+        assert f"{step}-output" in shown  # a link (Prefect stores links as markdown)
+    assert shown["annotate-progress"] == "progress"
+    assert shown["judge-scores"] == "table"
+    assert shown["publish-card"] == "markdown"
 
 
 def test_retrying_a_failed_run_skips_finished_steps_as_cache_hits(prefect_server: None, tmp_path: Path) -> None:
@@ -85,7 +55,7 @@ def test_retrying_a_failed_run_skips_finished_steps_as_cache_hits(prefect_server
         assert failed.is_failed()
         assert "judge exited with status 1" in str(failed.message) or "judge" in str(failed.message)
         flow_run_id = failed.state_details.flow_run_id
-        assert asyncio.run(_task_runs(flow_run_id)) == {
+        assert task_runs(flow_run_id) == {
             "annotate": ["Completed"],
             "validate": ["Completed"],
             "judge": ["Failed"],
@@ -95,17 +65,11 @@ def test_retrying_a_failed_run_skips_finished_steps_as_cache_hits(prefect_server
         # Fix the cause and retry the same flow run, as the UI's Retry (or a worker) does.
         judge.script = sequence(ok(answer=teacher_or_judge))
 
-        async def reschedule() -> object:
-            async with get_client() as client:
-                await client.set_flow_run_state(flow_run_id, Scheduled(), force=True)
-                return await client.read_flow_run(flow_run_id)
-
-        flow_run = asyncio.run(reschedule())
-        retried = run_flow(cg, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+        retried = retry(cg, flow_run_id)
         assert retried.is_completed(), retried
         assert teacher.requests == before[1]  # the teacher was not asked again
     assert store.get(annotated) == before[0]
-    states = asyncio.run(_task_runs(flow_run_id))
+    states = task_runs(flow_run_id)
     assert states["annotate"] == ["Completed", "Cached"]
     assert states["validate"] == ["Completed", "Cached"]
     assert states["judge"] == ["Failed", "Completed"]

@@ -1,0 +1,466 @@
+"""Entity extraction for users: character offsets into the original text, long texts in overlapping chunks.
+
+Usage::
+
+    from tasks.extract import Extractor
+
+    with Extractor("default") as ex:               # a model reference, run in-process with transformers
+        [found] = ex.extract(["Ada Lovelace met Charles Babbage in London."], ["person", "location"])
+    found.entities     # (Entity(text='Ada Lovelace', label='person', start=0, end=12), ...)
+    found.reasoning    # the model's reasoning, one entry per chunk
+
+    Extractor(VLLMLaunch(model="store:models/re/sft/abc"))   # a vLLM server, started for the with-block
+    Extractor(Endpoint(base_url="http://h:8000/v1", model="ner"), tokenizer="/models/ner", context_tokens=32768)
+
+    rner extract --model default --labels "person,organization" --text "..."
+    rner extract --model ner --base-url http://h:8000/v1 --tokenizer /models/ner --context 32768 \\
+        --labels person --input docs.jsonl --output found.jsonl --reasoning
+
+Inputs and outputs. ``extract`` takes texts (with the ``labels`` given) or ``Passage`` records (their own
+``labels``, else the given ones), batched: every chunk of every text is sent at once, at most ``concurrency``
+requests in flight (in-process: ``batch_size`` per forward pass). A text without entity types is an error.
+Results come back in input order as ``Extraction``s whose ``entities`` (text, label, start, end, with
+``text[start:end] == entity.text``) are sorted by position. Only the types asked for are kept, matched
+case-insensitively and returned as asked; mentions that are not in the text or not of an asked type are in
+``dropped``. A chunk whose answer does not parse contributes nothing and is named in ``failures``; it never
+raises. ``--input`` is a ``.jsonl`` file of ``Passage`` lines (``id``, ``text``, optional ``labels``) or a
+``.txt`` file read as one text; the CLI writes one ``Prediction`` line per text, which ``rner score`` reads.
+
+Long texts. The model sees at most ``context_tokens``: the prompt (chat template, instruction, entity types,
+text) plus ``max_tokens`` for the answer. A text that does not fit is read in chunks cut at sentence
+boundaries (after . ! ? … and closing quotes, and at line breaks); a sentence longer than a chunk is cut
+between words, a word longer than a chunk between characters. Nothing is ever truncated. Consecutive chunks
+share up to ``overlap_tokens`` of whole sentences, so an entity near a border is seen whole by one of them.
+Tokens are counted with the model's tokenizer, and each chunk is checked whole against its budget (pieces
+counted apart can tokenize differently where they meet). Entities are mapped back to the original text and
+merged: one span and type found by two chunks is one entity, and an entity that a chunk's edge cut short is
+dropped when another chunk found it whole. Defaults: ``context_tokens`` is a ``VLLMLaunch``'s
+``max_model_len`` or a local model's ``max_position_embeddings`` (an endpoint needs it given, and a
+``tokenizer``); ``overlap_tokens`` is a quarter of a chunk, at most 256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import pairwise
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any, Self
+
+import typer
+
+from schemas import Endpoint, Entity, Mention, Passage, Prediction, SamplingParams, TransformersRunner, VLLMLaunch
+from schemas.configs import DEFAULT_MODEL, Generator
+from tasks.errors import RnerError
+from tasks.jsonl import parse_lines
+from tasks.llm import LLMClient
+from tasks.llm_stage import Progress
+from tasks.models import resolve_model
+from tasks.parse import ground, parse_completion
+from tasks.prompts import Message, ner_messages, render_prompt
+from tasks.serving import serve
+from tasks.stage_cli import clean_errors, err
+
+MARGIN_TOKENS = 8
+"""Kept free in every prompt: the text can tokenize a token or two differently where it joins the template."""
+MIN_CHUNK_TOKENS = 32
+MAX_OVERLAP_TOKENS = 256
+
+Count = Callable[[list[str]], list[int]]
+Span = tuple[int, int]
+Key = tuple[int, int, str]
+"""An entity found: (start, end, label) in the original text."""
+
+# A sentence ends after terminal punctuation (and any closing quotes or brackets) followed by whitespace, or
+# at a line break. Abbreviations ("Dr. Voss") cut too often rather than too rarely; the overlap covers it.
+_SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’)\]]*\s+|\s*\n\s*")
+_WORD = re.compile(r"\S+\s*")
+
+
+class ExtractError(RnerError, ValueError):
+    """A request extraction cannot serve: no entity types, a context too small, an unreadable input."""
+
+
+def load_tokenizer(ref: str) -> Any:
+    """The tokenizer of a model reference (``default``, a directory, ``s3://``, ``store:``, a hub id)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(ref))
+
+
+def token_counter(tokenizer: Any) -> Count:
+    """Token counts of texts (no special tokens), one batched tokenizer call."""
+
+    def count(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    return count
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Progress]:
+    """A rich progress bar on stderr, as a ``progress(done, total)`` callback."""
+    from rich.progress import Progress as Bar
+
+    with Bar(console=err) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+# --- chunking -----------------------------------------------------------------------------------------
+
+
+def sentence_spans(text: str) -> list[Span]:
+    """Character spans of the sentences of ``text``, each with the whitespace after it; together all of it."""
+    cuts = [m.end() for m in _SENTENCE_END.finditer(text)]
+    bounds = [0, *(c for c in cuts if 0 < c < len(text)), len(text)]
+    return [(a, b) for a, b in pairwise(bounds) if a < b]
+
+
+def plan_chunks(text: str, count: Count, budget: int, overlap: int) -> list[Span]:
+    """The character spans ``text`` is read in: each at most ``budget`` tokens, whitespace at the edges left
+    out, consecutive ones sharing up to ``overlap`` tokens of whole units (sentences, else words)."""
+    units = list(_units(text, sentence_spans(text), count, budget, words=True))
+    chunks: list[Span] = []
+    i = 0
+    while i < len(units):
+        j, used = i, 0
+        while j < len(units) and used + units[j][2] <= budget:
+            used += units[j][2]
+            j += 1
+        while j - i > 1 and count([text[units[i][0] : units[j - 1][1]].strip()])[0] > budget:
+            j -= 1
+        chunks.append(_stripped(text, units[i][0], units[j - 1][1]))
+        if j == len(units):
+            break
+        # Step back over whole units, keeping room for the next unit, so the next chunk always reaches further.
+        k, shared, room = j, 0, min(overlap, budget - units[j][2])
+        while k - 1 > i and shared + units[k - 1][2] <= room:
+            k -= 1
+            shared += units[k][2]
+        i = k
+    return [c for c in chunks if c[0] < c[1]]
+
+
+def _units(text: str, spans: list[Span], count: Count, budget: int, *, words: bool) -> Iterator[tuple[int, int, int]]:
+    """(start, end, tokens) pieces of ``text`` that fit ``budget``: the spans, else their words, else characters."""
+    for (start, end), n in zip(spans, count([text[a:b] for a, b in spans]), strict=True):
+        if n <= budget:
+            yield start, end, n
+        elif words:
+            yield from _units(text, [m.span() for m in _WORD.finditer(text, start, end)], count, budget, words=False)
+        else:
+            yield from _character_pieces(text, start, end, count, budget)
+
+
+def _character_pieces(text: str, start: int, end: int, count: Count, budget: int) -> Iterator[tuple[int, int, int]]:
+    """A word too long for one chunk, in the longest character prefixes that fit (binary search)."""
+    while start < end:
+        lo, hi = start + 1, end
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count([text[start:mid]])[0] <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        yield start, lo, count([text[start:lo]])[0]
+        start = lo
+
+
+def _stripped(text: str, start: int, end: int) -> Span:
+    piece = text[start:end]
+    return start + len(piece) - len(piece.lstrip()), start + len(piece.rstrip())
+
+
+# --- results ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Extraction:
+    entities: tuple[Entity, ...]
+    chunks: tuple[Span, ...]
+    reasoning: tuple[str, ...]
+    """One per chunk ("" where the model gave none)."""
+    failures: tuple[str, ...] = ()
+    """One per chunk whose answer did not parse: where it is and why."""
+    dropped: tuple[Mention, ...] = ()
+
+    def prediction(self, id: str, *, reasoning: bool = False) -> Prediction:
+        """The extraction as a ``Prediction`` record (what the CLI writes), the reasoning only if asked."""
+        thoughts = "\n\n".join(r for r in self.reasoning if r) if reasoning else ""
+        failures = "; ".join(self.failures) or None
+        return Prediction(id=id, entities=self.entities, reasoning=thoughts or None, parse_error=failures)
+
+
+def merge(text: str, labels: Sequence[str], chunks: Sequence[Span], answers: Sequence[str]) -> Extraction:
+    """The answers for the chunks of ``text``, grounded in their chunk, mapped back and merged (see module docs)."""
+    asked = {label.casefold(): label for label in labels}
+    found: dict[Key, Span] = {}  # entity -> the chunk that found it first
+    reasoning, failures, dropped = [], [], []
+    for (start, end), answer in zip(chunks, answers, strict=True):
+        parsed = parse_completion(answer)
+        reasoning.append(parsed.reasoning or "")
+        if not parsed.ok:
+            failures.append(f"chunk [{start}, {end}): {parsed.reason}: {parsed.detail}")
+        wanted = []
+        for m in parsed.mentions:
+            if m.label.casefold() in asked:
+                wanted.append(Mention(text=m.text, label=asked[m.label.casefold()]))
+            else:
+                dropped.append(m)
+        grounded = ground(text[start:end], wanted)
+        dropped.extend(grounded.ungrounded)
+        for e in grounded.entities:
+            found.setdefault((e.start + start, e.end + start, e.label), (start, end))
+    first, last = (chunks[0][0], chunks[-1][1]) if chunks else (0, 0)
+    kept = [key for key, chunk in found.items() if not _cut_short(key, chunk, first, last, found)]
+    entities = tuple(Entity(text=text[s:e], label=label, start=s, end=e) for s, e, label in sorted(kept))
+    return Extraction(entities, tuple(chunks), tuple(reasoning), tuple(failures), tuple(dropped))
+
+
+def _cut_short(key: Key, chunk: Span, first: int, last: int, found: dict[Key, Span]) -> bool:
+    """Whether an entity touches an edge of its chunk that is inside the text, and another chunk found a
+    longer entity of the same type around it (the whole of what the edge cut)."""
+    start, end, label = key
+    if not ((start == chunk[0] and start != first) or (end == chunk[1] and end != last)):
+        return False
+    return any(s <= start and end <= e and (s, e) != (start, end) and lab == label for s, e, lab in found)
+
+
+# --- the extractor ------------------------------------------------------------------------------------
+
+
+class Extractor:
+    """Entities with offsets from any generator: a model reference (in-process transformers), a ``VLLMLaunch``
+    (served for the ``with`` block), or an ``Endpoint``. Greedy decoding."""
+
+    def __init__(
+        self,
+        model: Generator | str = DEFAULT_MODEL,
+        *,
+        max_tokens: int = 1024,
+        context_tokens: int | None = None,
+        overlap_tokens: int | None = None,
+        tokenizer: str | None = None,
+        concurrency: int = 16,
+        request_timeout_s: float = 600.0,
+        max_retries: int = 5,
+    ) -> None:
+        self.spec = TransformersRunner(model=model) if isinstance(model, str) else model
+        self.sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        self.context_tokens = context_tokens
+        self.overlap_tokens = overlap_tokens
+        self.tokenizer_ref = tokenizer
+        self.concurrency = concurrency
+        self.request_timeout_s = request_timeout_s
+        self.max_retries = max_retries
+        self._endpoint = self.spec if isinstance(self.spec, Endpoint) else None
+        self._stack = ExitStack()
+        self._budgets: dict[tuple[str, ...], int] = {}
+
+    def __enter__(self) -> Self:
+        if isinstance(self.spec, VLLMLaunch):
+            self._endpoint = self._stack.enter_context(serve(self.spec))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stack.close()
+        if isinstance(self.spec, VLLMLaunch):
+            self._endpoint = None
+
+    @cached_property
+    def local(self) -> Any:
+        """The in-process generator (``TransformersRunner`` only), loaded on first use."""
+        from tasks.generate import LocalGenerator
+
+        assert isinstance(self.spec, TransformersRunner)
+        return LocalGenerator(self.spec.model, batch_size=self.spec.batch_size, device=self.spec.device)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        if isinstance(self.spec, TransformersRunner):
+            return self.local.tokenizer
+        ref = self.tokenizer_ref or (self.spec.model if isinstance(self.spec, VLLMLaunch) else None)
+        if ref is None:
+            raise ExtractError(
+                "an endpoint's model is not at hand: give `tokenizer`, a model reference with the same tokenizer "
+                "(texts are fitted into the context by counting tokens)"
+            )
+        return load_tokenizer(ref)
+
+    @cached_property
+    def context(self) -> int:
+        if self.context_tokens is not None:
+            return self.context_tokens
+        if isinstance(self.spec, VLLMLaunch):
+            return self.spec.max_model_len
+        if isinstance(self.spec, TransformersRunner):
+            return int(self.local.model.config.max_position_embeddings)
+        raise ExtractError("give `context_tokens` for an endpoint: the server's context window (--max-model-len)")
+
+    def budget(self, labels: tuple[str, ...]) -> int:
+        """Tokens of text a chunk may have with these entity types in the prompt."""
+        if labels not in self._budgets:
+            prompt = render_prompt(self.tokenizer, ner_messages("", labels))
+            overhead = token_counter(self.tokenizer)([prompt])[0]
+            budget = self.context - self.sampling.max_tokens - overhead - MARGIN_TOKENS
+            if budget < MIN_CHUNK_TOKENS:
+                raise ExtractError(
+                    f"a context of {self.context} tokens leaves {budget} for the text after the prompt ({overhead}) "
+                    f"and the answer (max_tokens {self.sampling.max_tokens}); raise the context or lower max_tokens"
+                )
+            self._budgets[labels] = budget
+        return self._budgets[labels]
+
+    def chunks(self, text: str, labels: tuple[str, ...]) -> list[Span]:
+        budget = self.budget(labels)
+        overlap = self.overlap_tokens if self.overlap_tokens is not None else min(budget // 4, MAX_OVERLAP_TOKENS)
+        return plan_chunks(text, token_counter(self.tokenizer), budget, overlap)
+
+    def extract(
+        self, items: Sequence[str | Passage], labels: Sequence[str] = (), *, progress: Progress | None = None
+    ) -> list[Extraction]:
+        """One ``Extraction`` per item, in order; every chunk of every item is generated in one batch."""
+        jobs: list[tuple[str, tuple[str, ...], list[Span]]] = []
+        for i, item in enumerate(items):
+            text, own = (item, ()) if isinstance(item, str) else (item.text, item.labels)
+            schema = clean_labels(own or labels)
+            if not schema:
+                where = f"text {i}" if isinstance(item, str) else f"passage {item.id!r}"
+                raise ExtractError(f"{where}: no entity types to extract (give labels, e.g. ['person', 'location'])")
+            jobs.append((text, schema, self.chunks(text, schema)))
+        conversations = [ner_messages(text[s:e], schema) for text, schema, chunks in jobs for s, e in chunks]
+        answers = iter(self._complete(conversations, progress))
+        return [merge(text, schema, chunks, [next(answers) for _ in chunks]) for text, schema, chunks in jobs]
+
+    def _complete(self, conversations: list[list[Message]], progress: Progress | None) -> list[str]:
+        if isinstance(self.spec, TransformersRunner):
+            done = 0
+
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress:
+                    progress(done, len(conversations))
+
+            return [c.text for c in self.local.complete(conversations, self.sampling, on_batch=advance)]
+        if self._endpoint is None:
+            raise ExtractError("a VLLMLaunch model is served for a block: use `with Extractor(...) as extractor:`")
+        return asyncio.run(self._chat(self._endpoint, conversations, progress))
+
+    async def _chat(
+        self, endpoint: Endpoint, conversations: list[list[Message]], progress: Progress | None
+    ) -> list[str]:
+        done = 0
+        async with LLMClient(
+            endpoint, concurrency=self.concurrency, timeout_s=self.request_timeout_s, max_retries=self.max_retries
+        ) as client:
+
+            async def one(messages: list[Message]) -> str:
+                nonlocal done
+                result = await client.chat(messages, self.sampling)
+                done += 1
+                if progress:
+                    progress(done, len(conversations))
+                return result.text
+
+            return list(await asyncio.gather(*(one(m) for m in conversations)))
+
+
+def clean_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    """Entity types stripped, without blanks and repeats, in the order given."""
+    return tuple(dict.fromkeys(label.strip() for label in labels if label.strip()))
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def read_inputs(path: Path, labels: tuple[str, ...]) -> list[Passage]:
+    """Passages from ``.jsonl`` (one per line) or ``.txt`` (the whole file); bad lines raise with file:line."""
+    data = path.read_bytes()
+    if path.suffix == ".txt":
+        try:
+            return [Passage(id=path.stem, text=data.decode("utf-8"))]
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise ExtractError(f"{path}:{line}: not UTF-8 text") from None
+    if path.suffix != ".jsonl":
+        raise ExtractError(f"{path}: expected a .jsonl file (Passage lines) or a .txt file (one text)")
+    lines = data.splitlines()
+    passages = list(parse_lines(lines, Passage, str(path)))
+    numbers = [n for n, line in enumerate(lines, start=1) if line.strip()]
+    for number, passage in zip(numbers, passages, strict=True):
+        if not clean_labels(passage.labels) and not labels:
+            raise ExtractError(f"{path}:{number}: no entity types: give --labels or a `labels` list on the line")
+    return passages
+
+
+def generator_spec(model: str, base_url: str | None, api_key: str | None, vllm: bool, context: int | None) -> Generator:
+    if base_url and vllm:
+        raise ExtractError("give --base-url (a running server) or --vllm (start one), not both")
+    if base_url:
+        return Endpoint(base_url=base_url, model=model, api_key=api_key)
+    if vllm:
+        return VLLMLaunch(model=model, max_model_len=context) if context else VLLMLaunch(model=model)
+    return TransformersRunner(model=model)
+
+
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        help="Model reference (default, a directory, s3://, store:, a hub id); with --base-url, its name there."
+    ),
+]
+
+
+def cli_extract(
+    labels: Annotated[str, typer.Option(help='Entity types, comma-separated: "person,organization".')] = "",
+    model: ModelOption = DEFAULT_MODEL,
+    text: Annotated[str | None, typer.Option(help="The text to extract from.")] = None,
+    input_path: Annotated[
+        Path | None, typer.Option("--input", help=".jsonl of Passage lines (id, text, labels?) or .txt (one text).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="JSONL file to write (default: stdout).")] = None,
+    reasoning: Annotated[bool, typer.Option("--reasoning", help="Include the model's reasoning.")] = False,
+    base_url: Annotated[str | None, typer.Option(help="A running OpenAI-compatible server serving --model.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="RNER_API_KEY", help="That server's API key.")] = None,
+    vllm: Annotated[bool, typer.Option("--vllm", help="Start a vLLM server for --model for this run.")] = False,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer reference (default: the model's).")] = None,
+    context: Annotated[int | None, typer.Option(help="Context window in tokens (default: the model's).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Answer budget per chunk, reasoning included.")] = 1024,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight to a server.")] = 16,
+) -> None:
+    """Extract entities with character offsets: one JSON line (a Prediction) per text."""
+    if (text is None) == (input_path is None):
+        raise ExtractError("give --text or --input (exactly one)")
+    schema = clean_labels(labels.split(","))
+    items = [Passage(id="text", text=text)] if text is not None else read_inputs(input_path, schema)  # type: ignore[arg-type]
+    spec = generator_spec(model, base_url, api_key, vllm, context)
+    options = {"max_tokens": max_tokens, "context_tokens": context, "tokenizer": tokenizer, "concurrency": concurrency}
+    with Extractor(spec, **options) as extractor, progress_bar("extracting") as bar:  # type: ignore[arg-type]
+        results = extractor.extract(items, schema, progress=bar)
+    lines = "".join(
+        r.prediction(p.id, reasoning=reasoning).model_dump_json(exclude_none=True) + "\n"
+        for p, r in zip(items, results, strict=True)
+    )
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        output.write_text(lines)
+
+
+def main() -> None:
+    with clean_errors():
+        typer.run(cli_extract)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""RE: reinforcement learning with GRPO (TRL's GRPOTrainer), reward = 10 * F1 + 1 * schema.
+
+Each example of the RE dataset (a ``ner`` output, e.g. from ``tasks.sample``) becomes a conversational
+prompt, the NER instruction of ``tasks.prompts``; its gold travels beside it, as the ``example`` column,
+to the reward functions of ``tasks.rewards`` (``f1_reward``, with ``empty_match_f1``, and
+``schema_reward``, weighted ``f1_reward_weight`` : ``schema_reward_weight``). TRL logs each reward's
+mean and spread per step; they end up in the training curve and the manifest's final metrics.
+
+Rollouts (``rollout``):
+
+- ``transformers``: the training model generates (CPU, or small GPU runs);
+- ``colocate``: vLLM inside each training process, sharing its GPU;
+- ``server``: ``trl vllm-serve`` on the node's rollout GPUs (the launcher names them in
+  ``RNER_ROLLOUT_GPUS`` and keeps them out of the trainers' ``CUDA_VISIBLE_DEVICES``), started by the
+  first process before training, health-checked, and always stopped (``tasks.serving.run_server``).
+  The trainer pushes its weights to it over NCCL after each step.
+
+The vLLM modes need a CUDA GPU and vLLM in the training environment; elsewhere they are refused.
+Prompts over ``max_prompt_length`` tokens are dropped or refused (``too_long``). Checkpoints, resume and
+the published ``model`` (``models/re/grpo/<hash>``) work as in ``tasks.sft`` (see ``tasks.train_stage``).
+
+Usage::
+
+    python -m tasks.launch grpo --config grpo.yaml    # 6 training + 2 rollout GPUs with the paper preset
+    published = run(GRPOConfig.preset("smoke", dataset="datasets/re/sample/…", model="store:models/ct/…"), store)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from functools import partial
+from typing import Any
+
+import trl
+from transformers import AutoTokenizer
+
+from schemas import GRPOConfig, NERExample
+from tasks.launch import ROLLOUT_GPUS_ENV
+from tasks.metrics import paper_labels
+from tasks.prompts import ner_messages
+from tasks.rewards import f1_reward, schema_reward
+from tasks.serving import HOST, free_port, run_server
+from tasks.settings import Settings
+from tasks.stage_cli import stage_main
+from tasks.store import Published, Store
+from tasks.train_stage import Device, Progress, TrainError, TrainingRun, count_tokens
+
+ROLLOUT_STARTUP_S = 1800.0
+CURVES = ("reward", "rewards/f1_reward/mean", "rewards/schema_reward/mean", "loss", "kl", "completions/mean_length")
+
+
+def grpo_example(example: NERExample) -> dict[str, Any]:
+    """A prompt, and the example itself for the rewards."""
+    return {"prompt": ner_messages(example.text, paper_labels(example.labels)), "example": example.model_dump_json()}
+
+
+def rollout_problems(config: GRPOConfig, device: Device) -> list[str]:
+    """What ``device`` lacks for the configured rollouts: vLLM runs on CUDA GPUs only."""
+    if config.rollout == "transformers":
+        return []
+    missing = device.lacks(package="vllm")
+    return [f"rollout: {config.rollout} needs {' and '.join(missing)}"] if missing else []
+
+
+def rollout_command(config: GRPOConfig, model_path: str, port: int) -> list[str]:
+    """``trl vllm-serve`` for this run: the model, tensor-parallel over the rollout GPUs, room for prompt +
+    completion. The training environment's own interpreter: the trainer needs vLLM too (weight sync)."""
+    return [
+        sys.executable, "-m", "trl.scripts.vllm_serve", "--model", model_path, "--host", HOST, "--port", str(port),
+        "--tensor_parallel_size", str(config.rollout_gpus), "--dtype", "bfloat16" if config.bf16 else "auto",
+        "--max_model_len", str(config.max_prompt_length + config.max_completion_length),
+    ]  # fmt: skip
+
+
+@contextmanager
+def rollout_server(config: GRPOConfig, model_path: str) -> Iterator[str]:
+    """A ``trl vllm-serve`` on the rollout GPUs for the duration of the block; its base URL."""
+    gpus = os.environ.get(ROLLOUT_GPUS_ENV)
+    if not gpus:
+        raise TrainError(f"rollout: server needs its GPUs in {ROLLOUT_GPUS_ENV}: start the run with tasks.launch")
+    port = free_port()
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus}
+    with run_server(rollout_command(config, model_path, port), env, port=port, startup_timeout_s=ROLLOUT_STARTUP_S):
+        yield f"http://{HOST}:{port}"
+
+
+def run(
+    config: GRPOConfig, store: Store, *, progress: Progress | None = None, settings: Settings | None = None
+) -> Published:
+    training = TrainingRun.open(
+        config,
+        store,
+        stage="grpo",
+        kinds=("ner",),
+        prefix="models/re",
+        settings=settings,
+        problems=partial(rollout_problems, config),
+    )
+    if training.published is not None:
+        return training.published
+    # Only the first process talks to the server; it starts it before the trainer exists, which the other
+    # processes wait for at their first barrier.
+    first = int(os.environ.get("RANK", "0")) == 0
+    server = rollout_server(config, training.base.path) if config.rollout == "server" and first else nullcontext()
+    with server as server_url:
+        args = trl.GRPOConfig(
+            **training.arguments(),
+            num_generations=config.num_generations,
+            beta=config.beta,
+            epsilon=config.epsilon,
+            max_completion_length=config.max_completion_length,
+            temperature=config.temperature,
+            reward_weights=[config.f1_reward_weight, config.schema_reward_weight],
+            use_vllm=config.rollout != "transformers",
+            vllm_mode="colocate" if config.rollout == "colocate" else "server",
+            vllm_server_base_url=server_url,
+            vllm_max_model_length=config.max_prompt_length + config.max_completion_length,
+        )
+        training.fetch_checkpoint()
+        tokenizer = AutoTokenizer.from_pretrained(training.base.path, padding_side="left")
+        dataset = training.dataset(
+            grpo_example,
+            lambda row: count_tokens(tokenizer, row["prompt"], add_generation_prompt=True),
+            config.max_prompt_length,
+            config.too_long,
+            "a prompt",
+        )
+        rewards = [partial(f1_reward, empty_match=config.empty_match_f1), schema_reward]
+        return training.train(
+            trl.GRPOTrainer,
+            reward_funcs=rewards,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            progress=progress,
+            curves=CURVES,
+        )
+
+
+main = stage_main(GRPOConfig, run)
+
+if __name__ == "__main__":
+    main()

