@@ -14,7 +14,7 @@ Usage::
 from prefect import flow
 
 from flows.servers import SharedServers
-from flows.stages import run_stage, show_output
+from flows.stages import step
 from schemas import CGConfig
 from schemas.jobs import JobBackend, LocalJob
 from tasks.store import Published, Store
@@ -32,7 +32,7 @@ def run_cg(
     """The four steps, chained (shared by the ``cg`` and ``cg-refresh`` flows and the pipeline): annotate
     the raw files under ``config.input`` (just ``only`` when given), publish on top of ``base`` if any."""
     shared = servers.provider(config.annotate.teacher) if config.annotate.teacher == config.judge.judge else None
-    annotated = run_stage(
+    annotated = step(
         "annotate",
         config.annotate.model_copy(update={"input": config.input, "only": only}),
         store,
@@ -40,16 +40,12 @@ def run_cg(
         server=shared,
         fingerprint=store.fingerprint(config.input),
     )
-    show_output("annotate", annotated, store)
-    valid = run_stage("validate", config.validation.model_copy(update={"input": annotated.manifest.address}), store,
-                      backend)  # fmt: skip
-    show_output("validate", valid, store)
-    judged = run_stage("judge", config.judge.model_copy(update={"input": valid.manifest.address}), store, backend,
-                       server=shared)  # fmt: skip
-    show_output("judge", judged, store)
+    valid = step("validate", config.validation.model_copy(update={"input": annotated.manifest.address}), store,
+                 backend)  # fmt: skip
+    judged = step("judge", config.judge.model_copy(update={"input": valid.manifest.address}), store, backend,
+                  server=shared)  # fmt: skip
     update = {"cot": valid.manifest.address, "verdicts": judged.manifest.address, "base": base}
-    published = run_stage("publish", config.publish.model_copy(update=update), store, backend)
-    show_output("publish", published, store)
+    published = step("publish", config.publish.model_copy(update=update), store, backend)
     return published
 
 

@@ -47,12 +47,14 @@ def _healthy(api: str) -> bool:
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Ctrl-C to a child started in its own session (``prefect`` commands run their work in a grandchild),
+    then SIGKILL to all of it after ``timeout``."""
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
@@ -75,8 +77,8 @@ def start_server(port: int, *, detach: bool) -> subprocess.Popen[bytes] | None:
         with open(SERVER_DIR / "server.log", "ab") as log:
             server = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
         (SERVER_DIR / "server.pid").write_text(str(server.pid))
-    else:
-        server = subprocess.Popen(command, env=env)
+    else:  # its own session too: a Ctrl-C reaches `rner up` alone, which then stops the worker before the server
+        server = subprocess.Popen(command, env=env, start_new_session=True)
     deadline = time.monotonic() + 120
     while not _healthy(f"{url}/api"):
         if server.poll() is not None or time.monotonic() > deadline:
@@ -92,6 +94,9 @@ def up(
 ) -> None:
     """Start a local Prefect server (UI on 127.0.0.1), register the deployments of deploy/prefect.yaml on a
     process work pool, and run a worker for it, until Ctrl-C."""
+    from tasks.serving import raise_on_sigterm
+
+    raise_on_sigterm()  # a SIGTERM stops the children too (they run in their own sessions)
     url, env = _server_env(port)
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -106,7 +111,8 @@ def up(
         if not worker:
             return
         out.print(f"running a worker for pool {PROCESS_POOL}; Ctrl-C stops it and the server\n")
-        children.append(subprocess.Popen([_prefect(), "worker", "start", "--pool", PROCESS_POOL], env=env, cwd=REPO))
+        worker_command = [_prefect(), "worker", "start", "--pool", PROCESS_POOL]
+        children.append(subprocess.Popen(worker_command, env=env, cwd=REPO, start_new_session=True))
         children[-1].wait()
     except KeyboardInterrupt:
         pass

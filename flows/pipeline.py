@@ -19,17 +19,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.cg import run_cg
 from flows.servers import SharedServers
-from flows.stages import run_stage, show_output
+from flows.stages import step
 from schemas import MixConfig, PipelineConfig
 from schemas.jobs import JobBackend, LocalJob
 from tasks.models import STORE_SCHEME
 from tasks.store import Published, Store
-
-
-def _step(stage: str, config, store: Store, backend: JobBackend, label: str | None = None) -> Published:
-    published = run_stage(stage, config, store, backend, label=label)
-    show_output(label or stage, published, store)
-    return published
 
 
 def _metrics(published: Published, store: Store) -> dict:
@@ -61,16 +55,16 @@ def pipeline(
     data = cot
     if config.extra_cot:
         mix = MixConfig(sources=(cot.manifest.address, *config.extra_cot), on_duplicate="first")
-        data = _step("mix", mix, target, backend)
-    ct = _step("sft", config.sft.model_copy(update={"dataset": data.manifest.address}), target, backend)
-    sample = _step("sample", config.sample, target, backend)
+        data = step("mix", mix, target, backend)
+    ct = step("sft", config.sft.model_copy(update={"dataset": data.manifest.address}), target, backend)
+    sample = step("sample", config.sample, target, backend)
     update = {"dataset": sample.manifest.address, "model": STORE_SCHEME + ct.manifest.address}
-    re = _step("grpo", config.grpo.model_copy(update=update), target, backend)
+    re = step("grpo", config.grpo.model_copy(update=update), target, backend)
     evals = {}
     for name, model in (("CT", ct), ("RE", re)):
         generator = config.evaluate.model.model_copy(update={"model": STORE_SCHEME + model.manifest.address})
         evaluate = config.evaluate.model_copy(update={"model": generator})
-        evals[name] = _step("evaluate", evaluate, target, backend, label=f"evaluate-{name.lower()}")
+        evals[name] = step("evaluate", evaluate, target, backend, label=f"evaluate-{name.lower()}")
     table = comparison(evals, target)
     create_markdown_artifact(table, key="pipeline-f1", description="zero-shot F1 per dataset, CT vs RE")
     return {

@@ -14,8 +14,7 @@ the output in the store.
 
 Usage (inside a flow)::
 
-    published = run_stage("validate", config, store, backend)
-    show_output("validate", published, store)
+    published = step("validate", config, store, backend)     # run_stage, then show_output
 """
 
 from __future__ import annotations
@@ -97,6 +96,13 @@ def run_stage(
     job = stage_job.with_options(name=label or stage, result_storage=StoreResults.for_store(store))
     result = job(stage, config, store.url, backend, server, fingerprint)
     return store.load(result["address"])
+
+
+def step(stage: str, config: Config, store: Store, backend: JobBackend, **options: Any) -> Published:
+    """``run_stage``, then ``show_output``: what a flow does for each of its stages."""
+    published = run_stage(stage, config, store, backend, **options)
+    show_output(options.get("label") or stage, published, store)
+    return published
 
 
 def _announce(stage: str, published: Published, store: Store) -> None:

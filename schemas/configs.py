@@ -380,6 +380,82 @@ class SampleConfig(Config):
     }
 
 
+_FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("token_column", "tag_column", "separator", "doc_start"), ("conll",)),
+    **dict.fromkeys(("tokens_field", "tags_field"), ("hf",)),
+    "scheme": ("conll", "hf"),
+}
+"""The ``ImportConfig`` options that only some formats read: setting one for another format is a mistake."""
+
+
+class ImportConfig(Config):
+    """Labelled NER data into the store: one dataset, its splits as ``NERExample`` files (``tasks.data_import``).
+
+    ``format`` says how ``path`` is laid out: ``jsonl`` (``<split>.jsonl`` files of ``NERExample`` lines, one
+    ``.jsonl`` file for a single split, or ``demo:`` for the packaged demo corpus), ``instructuie``
+    (``<split>.json`` + ``labels.json``), ``conll`` (``<split>.conll|.txt|.tsv|.bio`` column files, or one
+    file for a single split) or ``hf`` (a ``datasets`` hub id or local dataset directory with token and
+    tag columns). ``fraction``/``count`` take part of the train split (low-resource settings).
+    """
+
+    VOLATILE = frozenset({"path"})
+    dataset: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$", max_length=128)]
+    """The dataset's name: every example's ``source``, and its store address ``datasets/<dataset>/vN`` (named
+    ``dataset`` as in ``PublishConfig``; ``name`` would clash with ``Config.preset(name, ...)``)."""
+    format: Literal["jsonl", "instructuie", "conll", "hf"]
+    path: Name
+    """Where the data is. Pinned by the digest of its content, so where it was read from is not part of
+    the config hash."""
+    splits: Annotated[Seq[Literal["train", "dev", "test"]], Field(min_length=1)] = ("train", "dev", "test")
+    """Every split named must be there (a hub dataset's ``validation`` serves as ``dev``)."""
+    label_map: dict[Name, Name] = Field(default_factory=dict)
+    """Entity type renames, e.g. ``{PER: person}``; every key must be a type of the data."""
+    token_column: int = 0
+    """conll: the column holding the token (Python indexing: ``-1`` is the last)."""
+    tag_column: int = -1
+    """conll: the column holding the tag."""
+    separator: Name | None = None
+    """conll: the column separator; ``None`` splits on runs of whitespace."""
+    doc_start: Name | None = "-DOCSTART-"
+    """conll: lines starting with this mark a document boundary and are skipped."""
+    tokens_field: Name = "tokens"
+    """hf: the column holding each sentence's tokens."""
+    tags_field: Name = "ner_tags"
+    """hf: the column holding the tags (class-label ids or tag strings)."""
+    scheme: Literal["BIO", "BIOES"] = "BIO"
+    """conll, hf: the tagging scheme; ``I-`` without ``B-`` (and, for BIOES, ``B-`` without ``E-``) is an error."""
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Keep this share of the train split (rounded, at least one example)."""
+    count: PositiveInt | None = None
+    """Keep this many examples of the train split."""
+    per_dataset_cap: PositiveInt | None = None
+    """At most this many examples in each split (after ``fraction``/``count``)."""
+    seed: int = 42
+    """Seeds which examples ``fraction``, ``count`` and ``per_dataset_cap`` keep (in their original order)."""
+    PRESETS: ClassVar = {
+        # The paper imports nothing itself; its RE data and evaluation read the InstructUIE release.
+        "paper": {"dataset": "CoNLL2003", "format": "instructuie", "path": "IE_INSTRUCTIONS/NER/CoNLL2003"},
+        "smoke": {"dataset": "demo", "format": "jsonl", "path": "demo:", "splits": ["train", "test"], "count": 16},
+    }
+
+    @model_validator(mode="after")
+    def _options_fit_the_format(self) -> Self:
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits: each split once, not {list(self.splits)}")
+        if self.fraction is not None and self.count is not None:
+            raise ValueError("fraction, count: give at most one of them")
+        if (self.fraction is not None or self.count is not None) and "train" not in self.splits:
+            raise ValueError("fraction, count: they sample the train split, which `splits` leaves out")
+        unused = [
+            field
+            for field, formats in _FORMAT_OPTIONS.items()
+            if self.format not in formats and getattr(self, field) != type(self).model_fields[field].default
+        ]
+        if unused:
+            raise ValueError(f"{', '.join(unused)}: not used by format {self.format!r}")
+        return self
+
+
 Rollout = Literal["server", "colocate", "transformers"]
 
 
@@ -569,6 +645,7 @@ STAGE_CONFIGS: dict[str, type[Config]] = {
     "mix": MixConfig,
     "sft": SFTConfig,
     "sample": SampleConfig,
+    "import": ImportConfig,
     "grpo": GRPOConfig,
     "evaluate": EvalConfig,
 }

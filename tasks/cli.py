@@ -6,6 +6,7 @@
     rner config show sft --preset paper         # a complete stage config to start from
     rner data demo                              # demo passages into the store as raw CG input
     rner cg run --config cg.yaml                # CoT generation; also cg annotate|validate|judge|publish
+    rner data import --config import.yaml       # labelled NER data (JSONL, InstructUIE, CoNLL, hub) into the store
     rner data sample --config sample.yaml       # RE data: a stratified sample of labelled NER sets
     rner data mix --config mix.yaml             # several CoT datasets into one training set
     rner train sft --config sft.yaml            # CT; `rner train grpo` for RE (N processes x M nodes)
@@ -77,6 +78,7 @@ for _name, _module, _cls in (
 ):
     _stage(cg_app, _name, _module, _cls)
 _stage(data_app, "sample", "tasks.sample", "SampleConfig")
+_stage(data_app, "import", "tasks.data_import", "ImportConfig")
 _stage(data_app, "mix", "tasks.mix", "MixConfig")
 
 

@@ -90,7 +90,7 @@ def load_eval_sets(config: EvalConfig, store: Store) -> list[EvalSet]:
     found: list[EvalSet] = []
     missing: list[str] = []
     for entry in config.datasets:
-        loaded = _load_entry(entry, store)
+        loaded = load_entry(entry, store)
         if isinstance(loaded, str):
             missing.append(f"{entry!r} ({loaded})")
         else:
@@ -128,8 +128,8 @@ def select_examples(sets: Iterable[EvalSet], max_examples: int | None) -> list[N
     return examples
 
 
-def _load_entry(entry: str, store: Store) -> EvalSet | str:
-    """The eval set ``entry`` names, or why there is none."""
+def load_entry(entry: str, store: Store, split: str = "test") -> EvalSet | str:
+    """The eval set ``entry`` names (of a published dataset with splits, its ``split``), or why there is none."""
     if entry.startswith(DEMO_SCHEME):
         split = entry.removeprefix(DEMO_SCHEME)
         if split not in DEMO_SPLITS:
@@ -147,7 +147,7 @@ def _load_entry(entry: str, store: Store) -> EvalSet | str:
         return f"no folder, .jsonl file or published output at {store.uri(entry.strip('/'))}"
     if published.manifest.kind != "ner":
         return f"a {published.manifest.kind!r} output, not an NER dataset"
-    examples = [_with_source(ex, published.manifest.address) for ex in store.records(published.manifest)]
+    examples = [_with_source(ex, published.manifest.address) for ex in store.split_records(published.manifest, split)]
     return EvalSet(entry, tuple(examples), published.ref)  # type: ignore[arg-type]
 
 
@@ -198,8 +198,10 @@ def _parse(adapter: TypeAdapter[Any], data: bytes | str, path: Path) -> Any:
         raise EvalSetError(f"{path}: not in the InstructUIE layout: {describe(e)}") from None
 
 
-def instructuie_set(name: str, rows: list[InstructUIERow], labels: list[str], origin: str) -> EvalSet:
-    """One InstructUIE dataset as NERExamples (schema = ``labels.json``), pinned by a digest of its content."""
+def instructuie_set(
+    name: str, rows: list[InstructUIERow], labels: list[str], origin: str, split: str = "test"
+) -> EvalSet:
+    """One InstructUIE dataset split as NERExamples (schema = ``labels.json``), pinned by a digest of its content."""
     schema = tuple(dict.fromkeys(labels))
     examples, dropped = [], 0
     for i, row in enumerate(rows):
@@ -209,7 +211,7 @@ def instructuie_set(name: str, rows: list[InstructUIERow], labels: list[str], or
             if e.type in NA_TYPES or not e.name.strip():
                 continue
             if e.type not in schema:
-                raise EvalSetError(f"{origin}/test.json: [{i}]: entity type {e.type!r} is not in labels.json")
+                raise EvalSetError(f"{origin}/{split}.json: [{i}]: entity type {e.type!r} is not in labels.json")
             start, end = e.pos or (-1, -1)
             if start >= 0 and row.sentence[start:end] == e.name:
                 placed.append(Entity(text=e.name, label=e.type, start=start, end=end))
@@ -221,7 +223,7 @@ def instructuie_set(name: str, rows: list[InstructUIERow], labels: list[str], or
         try:
             example = NERExample(id=f"{name}-{i}", text=row.sentence, labels=schema, source=name, entities=entities)
         except ValidationError as e:
-            raise EvalSetError(f"{origin}/test.json: [{i}]: {describe(e)}") from None
+            raise EvalSetError(f"{origin}/{split}.json: [{i}]: {describe(e)}") from None
         examples.append(example)
     content = canonical_json({"rows": [r.model_dump() for r in rows], "labels": labels})
     return EvalSet(origin, tuple(examples), _external_ref(name, content.encode()), dropped)

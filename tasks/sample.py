@@ -35,7 +35,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from schemas import NERExample, SampleConfig, config_hash, output_address
 from tasks.errors import RnerError
-from tasks.eval_sets import EvalSet, InstructUIERow, _load_entry, instructuie_set
+from tasks.eval_sets import EvalSet, InstructUIERow, instructuie_set, load_entry
 from tasks.jsonl import describe
 from tasks.llm_stage import Progress
 from tasks.stage_cli import stage_main
@@ -58,21 +58,22 @@ def load_source(entry: str, store: Store, split: str) -> list[EvalSet]:
         )
         if not folders:
             raise SampleError(f"{entry}: no {split}.json in it or in its subfolders (InstructUIE layout)")
-        return [_instructuie(folder, split) for folder in folders]
-    loaded = _load_entry(entry, store)  # the packaged demo, a .jsonl file, a published output: as eval reads them
+        return [load_instructuie(folder, split) for folder in folders]
+    loaded = load_entry(entry, store, split)  # the packaged demo, a .jsonl file, a published output: as eval reads them
     if isinstance(loaded, str):
         raise SampleError(f"{entry}: {loaded}")
     return [loaded]
 
 
-def _instructuie(folder: Path, split: str) -> EvalSet:
+def load_instructuie(folder: Path, split: str) -> EvalSet:
+    """``folder/<split>.json`` with ``folder/labels.json`` as one dataset named after the folder."""
     try:
         rows = _ROWS.validate_json((folder / f"{split}.json").read_bytes())
         labels = _LABELS.validate_json((folder / "labels.json").read_bytes())
     except (OSError, ValidationError) as e:
         detail = describe(e) if isinstance(e, ValidationError) else str(e)
         raise SampleError(f"{folder}: not an InstructUIE dataset folder: {detail}") from None
-    return instructuie_set(folder.name, rows, labels, str(folder))
+    return instructuie_set(folder.name, rows, labels, str(folder), split)
 
 
 def allocate(sizes: dict[str, int], total: int, cap: int | None) -> dict[str, int]:

@@ -263,6 +263,11 @@ class Store:
         """Every record of a published output's files with ``role``, in file order, each validated."""
         return self.read_records(manifest.address, manifest.files_with(role))
 
+    def split_records(self, manifest: Manifest, split: str) -> Iterator[Record]:
+        """One split of a dataset: its files of role ``split`` (an imported dataset keeps each split apart),
+        else, for outputs that are one split, its ``data`` files."""
+        return self.records(manifest, split if manifest.files_with(split) else "data")
+
     def read_records(self, address: str, entries: Iterable[FileEntry]) -> Iterator[Record]:
         """Records of the given files of the output at ``address`` (published or still being written)."""
         for entry in entries:

@@ -325,7 +325,7 @@ class TrainingRun:
         what: str,
     ) -> Dataset:
         """The dataset's records as trainer rows (``row``); rows over ``limit`` tokens go as ``policy`` says."""
-        rows = [row(record) for record in self.out.store.records(self.source.manifest)]
+        rows = [row(record) for record in self.out.store.split_records(self.source.manifest, "train")]
         rows, self.stats = screen(rows, [tokens(r) for r in rows], limit, policy, what)
         return Dataset.from_list(rows)
 

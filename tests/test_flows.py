@@ -13,7 +13,8 @@ from prefect_runs import artifacts, retry, task_runs
 from test_cg_run import seed, teacher_or_judge
 
 from flows.cg import cg
-from schemas import CGConfig, Endpoint
+from flows.stage_flows import sample
+from schemas import CGConfig, Endpoint, SampleConfig
 from schemas.base import deep_merge
 from tasks.store import Store
 
@@ -110,3 +111,13 @@ def test_refresh_annotates_only_new_raw_files(prefect_server: None, tmp_path: Pa
     assert (v2.stats["carried_over"], v2.stats["kept"], v2.stats["records"]) == (5, 3, 8)
     assert sorted(v2.stats["raw_files"]) == ["raw/passages/a/part-0.jsonl", "raw/passages/b/part-0.jsonl"]
     assert len(list(store.records(v2))) == 8
+
+
+def test_a_stage_runs_alone_as_its_own_flow(prefect_server: None, tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    state = sample(SampleConfig.preset("smoke"), store=store.url, return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    published = store.load(result["address"])
+    assert published.digest == result["digest"] and published.manifest.stage == "sample"
+    assert {"sample-stats", "sample-output"} <= set(artifacts(state.state_details.flow_run_id))
