@@ -31,7 +31,9 @@ def run_cg(
 ) -> Published:
     """The four steps, chained (shared by the ``cg`` and ``cg-refresh`` flows and the pipeline): annotate
     the raw files under ``config.input`` (just ``only`` when given), publish on top of ``base`` if any."""
-    shared = servers.provider(config.annotate.teacher) if config.annotate.teacher == config.judge.judge else None
+    shared = (
+        servers.provider(config.annotate.teacher, backend) if config.annotate.teacher == config.judge.judge else None
+    )
     annotated = step(
         "annotate",
         config.annotate.model_copy(update={"input": config.input, "only": only}),

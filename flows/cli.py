@@ -2,6 +2,8 @@
 ``rner.plugins``), so that ``tasks/`` never imports Prefect and ``rner`` still works without it.
 
     rner pipeline [--preset smoke] # the whole pipeline as a flow run on a local server (left running)
+    rner recipe run NAME [--smoke] # one of the paper's experiments (recipes/NAME.yaml) the same way
+    rner recipe list               # the recipes
     rner down                      # stop that server
     rner up [--port 4200]          # local Prefect server + process worker, deployments registered
     rner deploy render             # regenerate deploy/prefect.yaml from flows/deployments.py
@@ -14,18 +16,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
 
-from flows.deployments import PREFECT_FILE, PROCESS_POOL
+from flows.images import cli_build
 from schemas import DEMO_PASSAGES
 from tasks.demo import seed_passages
 from tasks.errors import RnerError
 from tasks.settings import Settings
 from tasks.store import Store
+
+if TYPE_CHECKING:
+    from prefect import Flow
+
+    from schemas import Config
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_DIR = Settings().home_dir / "prefect"
@@ -92,8 +99,9 @@ def up(
     port: PortOption = 4200,
     worker: Annotated[bool, typer.Option(help="Also run a process worker for the rner-process pool.")] = True,
 ) -> None:
-    """Start a local Prefect server (UI on 127.0.0.1), register the deployments of deploy/prefect.yaml on a
-    process work pool, and run a worker for it, until Ctrl-C."""
+    """Start a local Prefect server (UI on 127.0.0.1), create the work pools (process, docker, kubernetes),
+    register the deployments of deploy/prefect.yaml, and run a worker for the process pool, until Ctrl-C."""
+    from flows.deployments import POOLS, PREFECT_FILE, PROCESS_POOL
     from tasks.serving import raise_on_sigterm
 
     raise_on_sigterm()  # a SIGTERM stops the children too (they run in their own sessions)
@@ -102,9 +110,11 @@ def up(
     try:
         if server := start_server(port, detach=False):
             children.append(server)
-        pool = subprocess.run([_prefect(), "work-pool", "inspect", PROCESS_POOL], env=env, capture_output=True)
-        if pool.returncode != 0:
-            subprocess.run([_prefect(), "work-pool", "create", PROCESS_POOL, "--type", "process"], env=env, check=True)
+        for pool in POOLS:
+            found = subprocess.run([_prefect(), "work-pool", "inspect", pool.name], env=env, capture_output=True)
+            if found.returncode != 0:
+                create = [_prefect(), "work-pool", "create", pool.name, "--type", pool.type]
+                subprocess.run(create, env=env, check=True, capture_output=True)
         deploy = [_prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)]
         subprocess.run(deploy, env=env, cwd=REPO, check=True)
         out.print(f"\n[bold]Prefect UI:[/] {url}   (deployments: {url}/deployments)")
@@ -136,17 +146,42 @@ def down() -> None:
     pid_file.unlink()
 
 
+StoreOption = Annotated[str | None, typer.Option(help="Store URL (default: RNER_STORE).")]
+
+
+def run_on_server(flow: "Flow[..., dict[str, Any]]", config: "Config", store: Store, port: int) -> None:
+    """Run ``flow`` on ``config`` as a flow run on the local Prefect server (started and left running when none
+    answers on ``port``), then print its outputs, its comparison table and the run's UI page."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from rich.markdown import Markdown
+
+    url, _ = _server_env(port)
+    start_server(port, detach=True)
+    with temporary_settings({PREFECT_API_URL: f"{url}/api"}):
+        state = flow(config, store=store.url, return_state=True)
+    run_page = f"{url}/runs/flow-run/{state.state_details.flow_run_id}"
+    if not state.is_completed():
+        raise RnerError(f"the {flow.name} run ended {state.name}: see {run_page}")
+    result = state.result()
+    out.print("\n[bold]outputs[/]")
+    for name, value in result.items():
+        if name in ("store", "comparison"):
+            continue
+        for label, address in value.items() if isinstance(value, dict) else [("", value)]:
+            out.print(f"  {f'{name} {label}'.strip():<24} {store.uri(address)}", soft_wrap=True, highlight=False)
+    out.print("\n[bold]F1 per dataset (paper metric)[/]")
+    out.print(Markdown(result["comparison"]))
+    out.print(f"\n[bold]Prefect UI:[/] {run_page}\n(the server keeps running; `rner down` stops it)")
+
+
 def pipeline(
     preset: Annotated[str, typer.Option(help="Pipeline preset: smoke (CPU, embedded defaults) or paper.")] = "smoke",
     config: Annotated[Path | None, typer.Option(help="YAML PipelineConfig (instead of --preset).")] = None,
-    store: Annotated[str | None, typer.Option(help="Store URL (default: RNER_STORE).")] = None,
+    store: StoreOption = None,
     port: PortOption = 4200,
 ) -> None:
     """Run the whole pipeline (CG → CT → RE → eval) as a Prefect flow run on a local server (started and
     left running when none answers on --port), then print the outputs, the F1 table and the run's UI page."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    from rich.markdown import Markdown
-
     from flows.pipeline import pipeline as pipeline_flow
     from schemas import PipelineConfig
     from tasks.config import build_config, load_config
@@ -159,21 +194,37 @@ def pipeline(
     if loaded.cg.input == DEMO_PASSAGES and not target.list(DEMO_PASSAGES):
         out.print(f"seeding the demo passages into {target.uri(DEMO_PASSAGES)}")
         seed_passages(target, DEMO_PASSAGES)
-    url, _ = _server_env(port)
-    start_server(port, detach=True)
-    with temporary_settings({PREFECT_API_URL: f"{url}/api"}):
-        state = pipeline_flow(loaded, store=target.url, return_state=True)
-    run_page = f"{url}/runs/flow-run/{state.state_details.flow_run_id}"
-    if not state.is_completed():
-        raise RnerError(f"the pipeline run ended {state.name}: see {run_page}")
-    result = state.result()
-    out.print("\n[bold]outputs[/]")
-    for name, address in result.items():
-        if name not in ("store", "comparison"):
-            out.print(f"  {name:<14} {target.uri(address)}", soft_wrap=True, highlight=False)
-    out.print("\n[bold]zero-shot F1 (paper metric)[/]")
-    out.print(Markdown(result["comparison"]))
-    out.print(f"\n[bold]Prefect UI:[/] {run_page}\n(the server keeps running; `rner down` stops it)")
+    run_on_server(pipeline_flow, loaded, target, port)
+
+
+def recipe_run(
+    name: Annotated[str, typer.Argument(help="The recipe (`rner recipe list`).")],
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="Its embedded-default variant: the demo corpus and model, on a CPU.")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML recipe config (default: recipes/NAME.yaml, the paper's values).")
+    ] = None,
+    store: StoreOption = None,
+    port: PortOption = 4200,
+) -> None:
+    """Run one of the paper's experiments as a Prefect flow run on a local server (started and left running when
+    none answers on --port), then print its outputs, its comparison table and the run's UI page."""
+    from flows.deployments import recipe_parameters
+    from flows.recipes import RECIPE_FLOWS
+
+    loaded = recipe_parameters(name, config, smoke=smoke)
+    run_on_server(RECIPE_FLOWS[name], loaded, Store(store) if store else Store.from_settings(), port)
+
+
+def recipe_list() -> None:
+    """The recipes: name, flow, config type, what it runs."""
+    from flows.recipes import RECIPE_FLOWS
+    from schemas import RECIPES
+
+    for name, cls in RECIPES.items():
+        flow = RECIPE_FLOWS[name]
+        out.print(f"{name:<24} {flow.name:<22} {cls.__name__:<13} {flow.description}", soft_wrap=True, highlight=False)
 
 
 def render_deployments() -> None:
@@ -183,11 +234,36 @@ def render_deployments() -> None:
     out.print(f"wrote {write()}")
 
 
+def render_kubernetes(
+    stage: Annotated[str, typer.Argument(help="The stage, e.g. sft, evaluate, annotate.")],
+    config: Annotated[Path, typer.Option(help="The stage's YAML config (may start with `preset:`).")],
+    backend: Annotated[Path | None, typer.Option(help="YAML KubernetesJob (namespace, gpus, volumes, ...).")] = None,
+    store: Annotated[str | None, typer.Option(help="Store URL (default: RNER_STORE).")] = None,
+) -> None:
+    """Print the Job (or multi-node JobSet) that runs a stage, for `kubectl apply -f -`."""
+    from flows.kubernetes_jobs import render
+    from schemas.jobs import KubernetesJob
+    from tasks.config import build_config, load_config
+
+    spec = load_config(KubernetesJob, backend) if backend else build_config(KubernetesJob, {}, source="defaults")
+    print(render(stage, config, spec, Store(store) if store else None), end="")
+
+
 def register(app: typer.Typer) -> None:
     """Add the orchestration commands to ``rner``."""
     app.command("up")(up)
     app.command("down")(down)
     app.command("pipeline")(pipeline)
+    recipe = typer.Typer(no_args_is_help=True, help="The paper's experiments (recipes/*.yaml), each a flow.")
+    recipe.command("run")(recipe_run)
+    recipe.command("list")(recipe_list)
+    app.add_typer(recipe, name="recipe")
+    images = typer.Typer(no_args_is_help=True, help="Container images of the stages and the orchestrator (images/).")
+    images.command("build")(cli_build)
+    app.add_typer(images, name="images")
+    kubernetes = typer.Typer(no_args_is_help=True, help="Kubernetes manifests of stage jobs.")
+    kubernetes.command("render")(render_kubernetes)
+    app.add_typer(kubernetes, name="k8s")
     deploy = typer.Typer(no_args_is_help=True, help="Prefect deployments (deploy/prefect.yaml).")
     deploy.command("render")(render_deployments)
     app.add_typer(deploy, name="deploy")

@@ -1,11 +1,12 @@
 """Run a stage as a job and get its published output back.
 
 A job is the stage's command line (``python -m tasks.<stage> --config-json ... --store ...``) on a
-backend (``schemas.jobs``). Its stderr goes line by line to the Prefect run log; ``<step> progress d/t``
-lines also reach ``on_progress``; the last stdout line names the published output, which is loaded
-from the store and returned. A job that exits non-zero raises ``JobFailed`` with the tail of its log.
-Cancelling the flow (or any exception while waiting) stops the job: SIGTERM to its process group, which
-the stage turns into a clean shutdown of any server it started, then SIGKILL after a grace period.
+backend (``schemas.jobs``): a local subprocess, a container (``flows.docker_jobs``) or a Kubernetes Job
+(``flows.kubernetes_jobs``). Its stderr goes line by line to the Prefect run log; ``<step> progress d/t``
+lines also reach ``on_progress``; its result line names the published output, which is loaded from the
+store and returned. A job that exits non-zero raises ``JobFailed`` with the tail of its log. Cancelling
+the flow (or any exception while waiting) stops the job on every backend: SIGTERM first, which the stage
+turns into a clean shutdown of any server it started, then SIGKILL after a grace period.
 
 Usage::
 
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from prefect.logging import get_run_logger
 
 from schemas import Config, Endpoint
-from schemas.jobs import JobBackend
+from schemas.jobs import DockerJob, JobBackend, KubernetesJob
 from tasks.errors import RnerError
 from tasks.store import Published, Store
 
@@ -36,6 +37,7 @@ STAGE_COMMANDS = {
     "validate": ["-m", "tasks.validate"],
     "judge": ["-m", "tasks.judge"],
     "publish": ["-m", "tasks.publish"],
+    "import": ["-m", "tasks.data_import"],
     "cg": ["-m", "tasks.cg"],
     "mix": ["-m", "tasks.mix"],
     "sample": ["-m", "tasks.sample"],
@@ -69,6 +71,25 @@ def stage_command(
     return command
 
 
+class JobLog:
+    """What a job prints, as it prints it: ``progress`` lines to ``on_progress``, the rest to the run log,
+    the last ``LOG_TAIL`` lines kept for the error message of a failed job."""
+
+    def __init__(self, stage: str, on_progress: Progress | None) -> None:
+        self.stage = stage
+        self.on_progress = on_progress
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL)
+        self._logger = get_run_logger()
+
+    def __call__(self, line: str) -> None:
+        line = line.rstrip()
+        self.tail.append(line)
+        if (m := _PROGRESS.match(line)) and self.on_progress:
+            self.on_progress(m.group(1) or self.stage, int(m.group(2)), int(m.group(3)))
+        else:
+            self._logger.info("%s | %s", self.stage, line)
+
+
 def run_job(
     stage: str,
     config: Config,
@@ -78,40 +99,63 @@ def run_job(
     endpoint: Endpoint | None = None,
     on_progress: Progress | None = None,
 ) -> Published:
-    command = stage_command(stage, config, store, backend.python, endpoint)
-    logger = get_run_logger()
-    logger.info("job %s: %s", stage, " ".join([*command[:3], "..."]))
+    """Run the stage on ``backend`` to the end; its published output (``JobFailed`` if it failed)."""
+    log = JobLog(stage, on_progress)
+    get_run_logger().info("job %s on %s", stage, backend.kind)
+    if isinstance(backend, DockerJob):
+        from flows.docker_jobs import run_container
+
+        status, stdout = run_container(stage, config, store, backend, log, endpoint=endpoint)
+    elif isinstance(backend, KubernetesJob):
+        from flows.kubernetes_jobs import run_kubernetes
+
+        status, stdout = run_kubernetes(stage, config, store, backend, log, endpoint=endpoint)
+    else:
+        status, stdout = _run_local(stage_command(stage, config, store, backend.python, endpoint), store, log)
+    if status != 0:
+        tail = "\n".join(log.tail)
+        raise JobFailed(f"stage {stage} exited with status {status}; its log ends with:\n{tail}")
+    return _published(stage, stdout, store)
+
+
+def _published(stage: str, lines: list[str], store: Store) -> Published:
+    """The output named by the job's result line: the last line that is ``{"address": ..., "digest": ...}``
+    (a Kubernetes pod's log mixes stdout and stderr, so it is looked for, not assumed last)."""
+    for line in reversed(lines):
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(result, dict) and {"address", "digest"} <= result.keys():
+            break
+    else:
+        raise JobFailed(f"stage {stage} ended without naming its output")
+    published = store.load(result["address"])
+    if published.digest != result["digest"]:
+        raise JobFailed(f"stage {stage} reported {result['digest']} but {result['address']} has {published.digest}")
+    return published
+
+
+def _run_local(command: list[str], store: Store, log: JobLog) -> tuple[int, list[str]]:
+    """A subprocess in its own session; stderr to ``log`` as it comes; (exit status, stdout lines)."""
     # The job resolves `store:` model references against the same store it writes to. Its progress reaches
     # the UI as progress lines; the libraries' own progress bars would only flood the run log.
     env = {**os.environ, "RNER_STORE": store.url, "TQDM_DISABLE": "1"}
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
     )
-    tail: deque[str] = deque(maxlen=LOG_TAIL)
     stdout: list[str] = []
     reader = threading.Thread(target=lambda: stdout.extend(process.stdout or []), daemon=True)  # type: ignore[arg-type]
     reader.start()
     try:
         for line in process.stderr or []:
-            line = line.rstrip()
-            tail.append(line)
-            if (m := _PROGRESS.match(line)) and on_progress:
-                on_progress(m.group(1) or stage, int(m.group(2)), int(m.group(3)))
-            else:
-                logger.info("%s | %s", stage, line)
+            log(line)
         process.wait()
     finally:
         if process.poll() is None:
             _stop(process)
     reader.join()
-    if process.returncode != 0:
-        log = "\n".join(tail)
-        raise JobFailed(f"stage {stage} exited with status {process.returncode}; its log ends with:\n{log}")
-    result = json.loads(stdout[-1])
-    published = store.load(result["address"])
-    if published.digest != result["digest"]:
-        raise JobFailed(f"stage {stage} reported {result['digest']} but {result['address']} has {published.digest}")
-    return published
+    return process.returncode, [line.rstrip("\n") for line in stdout]
 
 
 def _stop(process: subprocess.Popen[str]) -> None:

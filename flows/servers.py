@@ -6,7 +6,7 @@ for a large model). A stage that is a cache hit never asks, so no server starts 
 Usage::
 
     with SharedServers() as servers:
-        run_stage("annotate", config, store, backend, server=servers.provider(config.teacher))
+        run_stage("annotate", config, store, backend, server=servers.provider(config.teacher, backend))
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Self
 
 from flows.stages import EndpointFor
 from schemas import Endpoint, VLLMLaunch
+from schemas.jobs import DockerJob, JobBackend, KubernetesJob
 from tasks.serving import serve
 
 
@@ -27,10 +28,14 @@ class SharedServers:
         self._running: dict[VLLMLaunch, Endpoint] = {}
         self._lock = threading.Lock()
 
-    def provider(self, spec: Endpoint | VLLMLaunch) -> EndpointFor | None:
-        """A lazy endpoint for a launch spec; ``None`` for a running endpoint (stages connect to it)."""
-        if isinstance(spec, Endpoint):
+    def provider(self, spec: Endpoint | VLLMLaunch, backend: JobBackend) -> EndpointFor | None:
+        """A lazy endpoint for a launch spec; ``None`` for a running endpoint (stages connect to it) and on
+        Kubernetes (a pod cannot reach a server on the orchestrator's loopback: each starts its own). For
+        docker jobs the server is a container of the vllm image too."""
+        if isinstance(spec, Endpoint) or isinstance(backend, KubernetesJob):
             return None
+        if isinstance(backend, DockerJob) and spec.image is None:
+            spec = spec.model_copy(update={"image": backend.images.vllm})
         return _Provider(self, spec)
 
     def endpoint(self, spec: VLLMLaunch) -> Endpoint:

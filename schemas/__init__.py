@@ -1,4 +1,4 @@
-"""The contracts between stages: records, manifests, stage configs. Pydantic models only, no I/O."""
+"""The contracts between stages: records, manifests, stage and recipe configs. Pydantic models only, no I/O."""
 
 from pydantic import BaseModel
 
@@ -26,6 +26,16 @@ from schemas.configs import (
     VLLMLaunch,
 )
 from schemas.manifest import MANIFEST_FILE, FileEntry, InputRef, Manifest, ManifestKind, output_address
+from schemas.recipes import (
+    RECIPES,
+    Ablation,
+    CrossLingual,
+    LowResource,
+    RecipeEval,
+    ReportConfig,
+    Supervised,
+    ZeroShot,
+)
 from schemas.records import (
     CoTRecord,
     Entity,
@@ -49,6 +59,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     **{m.__name__: m for m in (Entity, Mention, Generation, SamplingParams, Manifest)},
     **RECORD_TYPES,
     **{m.__name__: m for m in STAGE_CONFIGS.values()},
+    **{m.__name__: m for m in (*RECIPES.values(), RecipeEval, ReportConfig)},
 }
 """Every model ``rner schemas export`` writes a JSON Schema for."""
 
@@ -57,12 +68,15 @@ __all__ = [
     "EVAL_SUITES",
     "EXPORTED",
     "MANIFEST_FILE",
+    "RECIPES",
     "RECORD_TYPES",
     "STAGE_CONFIGS",
+    "Ablation",
     "AnnotateConfig",
     "CGConfig",
     "CoTRecord",
     "Config",
+    "CrossLingual",
     "Endpoint",
     "Entity",
     "EvalConfig",
@@ -73,6 +87,7 @@ __all__ = [
     "InputRef",
     "JudgeConfig",
     "JudgeVerdict",
+    "LowResource",
     "Manifest",
     "ManifestKind",
     "Mention",
@@ -83,16 +98,20 @@ __all__ = [
     "PipelineConfig",
     "Prediction",
     "PublishConfig",
+    "RecipeEval",
     "Record",
     "RejectReason",
     "Rejection",
+    "ReportConfig",
     "SFTConfig",
     "SampleConfig",
     "SamplingParams",
+    "Supervised",
     "TrainConfig",
     "TransformersRunner",
     "VLLMLaunch",
     "ValidateConfig",
+    "ZeroShot",
     "canonical_json",
     "config_hash",
     "output_address",

@@ -111,7 +111,9 @@ class LLMStage(Config):
 _R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768}
 DEMO_PASSAGES = "raw/passages/demo"
 """Where ``rner data demo`` puts the demo corpus's passages: the smoke pipeline's CG input."""
-_SMOKE_LLM = {"shard_size": 8, "concurrency": 16, "request_timeout_s": 120.0}
+_SMOKE_LLM = {"shard_size": 8, "concurrency": 16}
+"""The default timeout (600 s per request) stays: on a loaded 2-core machine 16 requests in flight share a slow
+server, and a timeout that expires under load retries work the server had half done, again and again."""
 
 
 class AnnotateConfig(LLMStage):
@@ -587,9 +589,20 @@ class EvalConfig(Config):
     def _something_to_evaluate(self) -> Self:
         if not self.datasets and self.suite is None:
             raise ValueError("give 'datasets' or a 'suite'")
+        return self
+
+    @model_validator(mode="after")
+    def _known_suite(self) -> Self:
         if self.suite is not None and self.suite not in EVAL_SUITES:
             raise ValueError(f"unknown suite {self.suite!r} (known: {', '.join(EVAL_SUITES)})")
         return self
+
+
+def check_loads_trained_models(evaluate: EvalConfig) -> None:
+    """Refuse an evaluation that cannot load the models a flow trains: a running endpoint serves its own."""
+    if evaluate.model.kind == "endpoint":
+        raise ValueError("evaluate.model: a running endpoint cannot serve the models this flow trains; "
+                         "use kind vllm or transformers")  # fmt: skip
 
 
 class PipelineConfig(Config):
@@ -630,9 +643,7 @@ class PipelineConfig(Config):
 
     @model_validator(mode="after")
     def _evaluate_can_load_trained_models(self) -> Self:
-        if self.evaluate.model.kind == "endpoint":
-            raise ValueError("evaluate.model: a running endpoint cannot serve the models this pipeline trains; "
-                             "use kind vllm or transformers")  # fmt: skip
+        check_loads_trained_models(self.evaluate)
         return self
 
 

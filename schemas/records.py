@@ -100,14 +100,14 @@ class SamplingParams(Record):
 
 
 class Generation(Record):
-    """Provenance of one LLM completion."""
+    """Provenance of one LLM completion: what was asked and what came back, never how long it took (a record is
+    a function of its inputs and the model's answer, so a rerun, on any backend, writes the same bytes)."""
 
     model: Name
     sampling: SamplingParams
     request_key: Annotated[str, Field(min_length=1)]
     prompt_tokens: NonNegativeInt = 0
     completion_tokens: NonNegativeInt = 0
-    latency_s: Annotated[float, Field(ge=0)] = 0.0
     finish_reason: str | None = None
 
 

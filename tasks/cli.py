@@ -11,6 +11,7 @@
     rner data mix --config mix.yaml             # several CoT datasets into one training set
     rner train sft --config sft.yaml            # CT; `rner train grpo` for RE (N processes x M nodes)
     rner eval --config eval.yaml                # zero-shot F1 report on eval sets
+    rner report ADDRESS=LABEL …                 # one table comparing models across datasets (+ a chart)
     rner extract --labels person,city --text …  # entities with character offsets
 
 Known failures (bad files, bad configs, unreachable store, missing model) print one clear message and
@@ -34,6 +35,7 @@ from tasks.evaluate import cli_eval
 from tasks.extract import cli_extract
 from tasks.launch import train_command
 from tasks.models import ensure_default_model
+from tasks.report import cli_report
 from tasks.score import report_table, score_files
 from tasks.stage_cli import clean_errors, stage_command
 from tasks.store import Store
@@ -88,6 +90,7 @@ for _name in ("sft", "grpo"):
     train_app.command(_name)(train_command(_name))
 app.command("eval")(cli_eval)
 app.command("extract")(cli_extract)
+app.command("report")(cli_report)
 
 
 @data_app.command("demo")

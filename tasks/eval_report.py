@@ -7,7 +7,7 @@ answer never came (cut off at ``max_tokens``, or not in the answer format).
 Usage::
 
     stats = generation_stats(examples, predictions, reasoning_tokens)   # per dataset and "all"
-    png = bar_chart(["ai", "music"], [0.61, 0.72], "F1 per dataset (paper mode)", average=0.665)
+    image = bar_chart(["ai", "music"], [0.61, 0.72], "F1 per dataset (paper mode)", average=0.665)
     text = report_markdown(header_lines, paper_report, strict_report, stats, {"F1 per dataset": "chart.png"})
 """
 
@@ -16,10 +16,13 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from statistics import fmean
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas import NERExample, Prediction
 from tasks.metrics import DEFAULT_DATASET, Report
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ALL = "all"
 
@@ -63,9 +66,9 @@ def report_markdown(
     lines += ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     for name, scores in paper.per_dataset.items():
         m = scores.micro
-        row = [name, str(scores.examples), str(m.n_gold), str(m.n_pred), *_pct(m.precision, m.recall, m.f1)]
+        row = [name, str(scores.examples), str(m.n_gold), str(m.n_pred), *percent(m.precision, m.recall, m.f1)]
         lines.append(_row(row, strict.per_dataset[name].micro.f1, stats[name]))
-    average = ["**average**", str(stats[ALL]["examples"]), "", "", "", "", *_pct(paper.average_f1)]
+    average = ["**average**", str(stats[ALL]["examples"]), "", "", "", "", *percent(paper.average_f1)]
     lines.append(_row(average, strict.average_f1, stats[ALL]))
     lines += ["", "F1 is span-level micro F1 in %, paper mode (the released evaluation) unless marked strict; the "
               "average is unweighted over datasets. A parse failure counts as an empty prediction."]  # fmt: skip
@@ -77,11 +80,12 @@ def report_markdown(
 def _row(cells: list[str], strict_f1: float, stats: dict[str, Any]) -> str:
     failures = f"{stats['parse_failures']} ({100 * stats['parse_failure_rate']:.1f}%)"
     reasoning = "n/a" if stats["reasoning_tokens_mean"] is None else f"{stats['reasoning_tokens_mean']:.1f}"
-    cells = [*cells, *_pct(strict_f1), failures, reasoning, f"{stats['completion_tokens_mean']:.1f}"]
+    cells = [*cells, *percent(strict_f1), failures, reasoning, f"{stats['completion_tokens_mean']:.1f}"]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def _pct(*values: float) -> list[str]:
+def percent(*values: float) -> list[str]:
+    """F1-style ratios in [0, 1] as percentages with two decimals, as every table here prints them."""
     return [f"{100 * v:.2f}" for v in values]
 
 
@@ -103,6 +107,11 @@ def bar_chart(names: Sequence[str], values: Sequence[float], title: str, *, aver
     if average is not None:
         axes.axvline(100 * average, color="#c44e52", linestyle="--", label=f"average {100 * average:.1f}")
         axes.legend(loc="lower right")
+    return png(figure)
+
+
+def png(figure: Figure) -> bytes:
+    """A laid-out figure as PNG bytes."""
     figure.tight_layout()
     buffer = io.BytesIO()
     # No "Software" tag (it names the matplotlib version): the bytes depend only on what is drawn.

@@ -208,7 +208,6 @@ def _local_generation(
         request_key=request_key(model, conversation, config.sampling),
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
-        latency_s=completion.latency_s,
         finish_reason=completion.finish_reason,
     )
 

@@ -83,7 +83,6 @@ class ChatResult:
             request_key=self.key,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
-            latency_s=self.latency_s,
             finish_reason=self.finish_reason,
         )
 

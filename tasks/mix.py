@@ -1,7 +1,8 @@
 """Mix CoT (or NER) datasets into one, e.g. a fresh NER-CoT version with other CoT data, for training.
 
-Sources, in priority order: addresses of published ``cot``/``ner`` outputs, or ``demo:cot`` (the
-hand-written reasoning shipped for the demo training passages). All sources must hold the same record
+Sources, in priority order: addresses of published ``cot``/``ner`` outputs (of a dataset with splits, such
+as an import, its train split), or ``demo:cot`` (the hand-written reasoning shipped for the demo training
+passages). All sources must hold the same record
 type. An id present in several sources is an error, or with ``on_duplicate: first`` the first source's
 record wins (and the others are counted as ``shadowed``).
 
@@ -37,7 +38,8 @@ def load_source(entry: str, store: Store) -> tuple[str, list[Record], InputRef]:
     published = store.load(entry)
     if published.manifest.kind not in ("cot", "ner"):
         raise MixError(f"{entry} is a {published.manifest.kind!r} output; mix takes cot or ner datasets")
-    return published.manifest.kind, list(store.records(published.manifest)), published.ref
+    # A dataset with splits (an import) gives its train split: held-out examples never reach training data.
+    return published.manifest.kind, list(store.split_records(published.manifest, "train")), published.ref
 
 
 def run(config: MixConfig, store: Store, *, progress: Progress | None = None) -> Published:

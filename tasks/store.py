@@ -92,9 +92,12 @@ class Published:
 
 @cache
 def code_version() -> str:
-    """The package version, plus the git commit when running from a checkout."""
+    """The package version, plus the git commit when running from a checkout; in an image, the version of
+    the checkout it was built from (``RNER_CODE_VERSION``, set by ``rner images build``)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    if pinned := os.environ.get("RNER_CODE_VERSION"):
+        return pinned
     try:
         base = version("reasoning-ner")
     except PackageNotFoundError:

@@ -69,8 +69,12 @@ def vllm_python(settings: Settings | None = None) -> str:
 
 
 def cuda_available() -> bool:
-    import torch
-
+    """torch's answer where torch is installed; elsewhere (the vllm image's project environment, the
+    orchestrator) whether an NVIDIA driver is visible."""
+    try:
+        import torch
+    except ImportError:
+        return Path("/dev/nvidiactl").exists()
     return torch.cuda.is_available()
 
 

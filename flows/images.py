@@ -1,0 +1,154 @@
+"""Build the images of images/ offline, from a wheelhouse, tagged by project version and content.
+
+    rner images build                                   # vllm, trainer, orchestrator on their production bases
+    rner images build --role vllm --base rner-base:bookworm   # a CPU variant on a local base image (tests)
+    rner images build --role trainer --extras "[train,gpu,vllm]" --wheelhouse /mnt/wheels
+
+A build needs no network inside: the project is built into a wheel, every dependency is collected into
+the build context's ``wheels/`` with ``pip download`` on this machine (or taken from ``--wheelhouse``),
+and ``images/install.sh`` installs them with ``--no-index`` into ``/opt/rner`` in the image. Wheels are
+collected for this machine's Python and platform; images whose Python differs take a ``--wheelhouse``
+built for them.
+
+Each image is tagged ``<name>:<version>`` and ``<name>:<version>-<content>``, where content hashes the
+Dockerfile, the install script, the build arguments and every wheel (the project's by its files, since
+a wheel's zip timestamps change with every build): the same inputs give the same tag, and an image whose
+tag exists already is not built again.
+
+Usage::
+
+    tags = build("vllm", base="rner-base:bookworm")     # ['rner-vllm:0.1.0', 'rner-vllm:0.1.0-3f2a…']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import docker
+import typer
+from docker.errors import ImageNotFound
+
+from schemas import canonical_json
+from schemas.jobs import IMAGE_VERSION
+from tasks.errors import RnerError
+from tasks.store import code_version
+
+IMAGES = Path(__file__).resolve().parent.parent / "images"
+REPO = IMAGES.parent
+EXTRAS = {"vllm": "", "trainer": "[train]", "orchestrator": "[orchestrate]"}
+"""What each image installs by default (the CPU-buildable set; GPU trainers add ``gpu`` and ``vllm``)."""
+
+
+class ImageBuildError(RnerError):
+    """An image could not be built; the message carries the step and the end of its output."""
+
+
+def _run(command: list[str], what: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ImageBuildError(f"{what} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+
+
+def collect_wheels(extras: str, dest: Path, wheelhouse: Path | None = None) -> None:
+    """The project's wheel and all its dependencies (with ``extras``) as files in ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(REPO)], "pip wheel")
+    [project] = dest.glob("reasoning_ner-*.whl")
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "-d", str(dest), f"{project}{extras}"]
+    if wheelhouse is not None:
+        command += ["--no-index", "--find-links", str(wheelhouse)]
+    _run(command, "pip download")
+
+
+def _wheel_digest(path: Path) -> str:
+    """A wheel's content: its members' names and bytes (not the zip's timestamps)."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(path) as wheel:
+        for name in sorted(wheel.namelist()):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(wheel.read(name)).digest())
+    return digest.hexdigest()
+
+
+def content_hash(context: Path, buildargs: dict[str, str]) -> str:
+    """What the image is built from: Dockerfile, install script, build arguments, wheels."""
+    parts = {
+        "files": {
+            name: hashlib.sha256((context / name).read_bytes()).hexdigest() for name in ("Dockerfile", "install.sh")
+        },
+        "args": {k: v for k, v in buildargs.items() if k != "CODE_VERSION"},
+        "wheels": {w.name: _wheel_digest(w) for w in sorted((context / "wheels").glob("*.whl"))},
+    }
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:12]
+
+
+def build(
+    role: str,
+    *,
+    base: str | None = None,
+    extras: str | None = None,
+    wheelhouse: Path | None = None,
+    registry: str = "",
+    on_log: Callable[[str], None] = print,
+) -> list[str]:
+    """Build one image (unless its content tag exists); its tags, ``<version>`` first."""
+    if role not in EXTRAS:
+        raise ImageBuildError(f"no image {role!r} (known: {', '.join(EXTRAS)})")
+    client = docker.from_env()
+    name = f"{registry.rstrip('/') + '/' if registry else ''}rner-{role}"
+    buildargs = {"EXTRAS": EXTRAS[role] if extras is None else extras, "CODE_VERSION": code_version()}
+    if base is not None:
+        buildargs["BASE"] = base
+    with tempfile.TemporaryDirectory(prefix=f"rner-image-{role}-") as tmp:
+        context = Path(tmp)
+        shutil.copy(IMAGES / role / "Dockerfile", context / "Dockerfile")
+        shutil.copy(IMAGES / "install.sh", context / "install.sh")
+        on_log(f"{role}: collecting wheels{buildargs['EXTRAS'] and ' ' + buildargs['EXTRAS']}")
+        collect_wheels(buildargs["EXTRAS"], context / "wheels", wheelhouse)
+        tags = [f"{name}:{IMAGE_VERSION}", f"{name}:{IMAGE_VERSION}-{content_hash(context, buildargs)}"]
+        try:
+            client.images.get(tags[1])
+            on_log(f"{role}: {tags[1]} exists, not rebuilt")
+        except ImageNotFound:
+            on_log(f"{role}: building {tags[1]}")
+            _stream_build(client, context, tags[1], buildargs, on_log)
+    client.images.get(tags[1]).tag(tags[0])
+    return tags
+
+
+def _stream_build(
+    client: docker.DockerClient, context: Path, tag: str, buildargs: dict[str, str], on_log: Callable[[str], None]
+) -> None:
+    # network_mode host: a build on an engine started with --bridge=none has no other network, and the
+    # install step needs none anyway.
+    stream = client.api.build(
+        path=str(context), tag=tag, buildargs=buildargs, network_mode="host", rm=True, forcerm=True, decode=True
+    )
+    tail: list[str] = []
+    for chunk in stream:
+        if "error" in chunk:
+            raise ImageBuildError(f"docker build of {tag} failed: {chunk['error']}\n" + "".join(tail[-40:]))
+        if text := chunk.get("stream"):
+            tail.append(text)
+            if text.strip():
+                on_log(text.rstrip())
+
+
+def cli_build(
+    role: Annotated[list[str] | None, typer.Option(help=f"Image to build (repeatable): {', '.join(EXTRAS)}.")] = None,
+    base: Annotated[str | None, typer.Option(help="BASE image (default: each Dockerfile's production base).")] = None,
+    extras: Annotated[str | None, typer.Option(help='Project extras to install, e.g. "[train,gpu,vllm]".')] = None,
+    wheelhouse: Annotated[Path | None, typer.Option(help="Take every wheel from here (no index).")] = None,
+    registry: Annotated[str, typer.Option(help="Prefix of the image names, e.g. registry.example.com/ml.")] = "",
+) -> None:
+    """Build the images (offline inside: wheels are collected here first); prints their tags as JSON."""
+    tags = {r: build(r, base=base, extras=extras, wheelhouse=wheelhouse, registry=registry) for r in role or EXTRAS}
+    print(json.dumps(tags))

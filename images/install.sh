@@ -1,0 +1,9 @@
+#!/bin/sh
+# Installs the project, with the extras in $1 (e.g. "[train]"), from the wheelhouse at /tmp/wheels into its own
+# virtualenv /opt/rner, offline; then makes RNER_HOME writable for any uid the job runs as. Every image runs it.
+set -eu
+python3 -m venv /opt/rner
+/opt/rner/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels "reasoning-ner$1"
+rm -rf /tmp/wheels
+mkdir -p /var/lib/rner
+chmod 1777 /var/lib/rner
