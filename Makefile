@@ -20,10 +20,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/rner pipeline --preset smoke
 
-# System packages the tests drive: Debian's Chromium for the Prefect UI test (a downloaded browser does not work here).
+# System packages the tests drive: Debian's Chromium for the Prefect UI test (a downloaded browser does not work
+# here), the Docker engine and debootstrap for the container tests (no registry: the base image is made locally).
+SYSTEM_PACKAGES := chromium docker.io debootstrap
 system:
-	command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null \
-		|| { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	command -v chromium >/dev/null && command -v dockerd >/dev/null && command -v debootstrap >/dev/null \
+		|| apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; }
 
 lint: setup
 	$(VENV)/bin/ruff check .
