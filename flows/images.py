@@ -11,9 +11,10 @@ collected for this machine's Python and platform; images whose Python differs ta
 built for them.
 
 Each image is tagged ``<name>:<version>`` and ``<name>:<version>-<content>``, where content hashes the
-Dockerfile, the install script, the build arguments and every wheel (the project's by its files, since
-a wheel's zip timestamps change with every build): the same inputs give the same tag, and an image whose
-tag exists already is not built again.
+Dockerfile, the install script, the build arguments (the code version among them: an image names the
+commit it was built from, so another commit is another image, even where the files are the same) and every
+wheel (the project's by its files, since a wheel's zip timestamps change with every build): the same inputs
+give the same tag, and an image whose tag exists already is not built again.
 
 Usage::
 
@@ -84,7 +85,7 @@ def content_hash(context: Path, buildargs: dict[str, str]) -> str:
         "files": {
             name: hashlib.sha256((context / name).read_bytes()).hexdigest() for name in ("Dockerfile", "install.sh")
         },
-        "args": {k: v for k, v in buildargs.items() if k != "CODE_VERSION"},
+        "args": buildargs,
         "wheels": {w.name: _wheel_digest(w) for w in sorted((context / "wheels").glob("*.whl"))},
     }
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:12]
