@@ -12,9 +12,12 @@ Usage::
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import ExitStack
 from types import TracebackType
 from typing import Self
+
+from prefect import get_run_logger
 
 from flows.stages import EndpointFor
 from schemas import Endpoint, VLLMLaunch
@@ -41,7 +44,13 @@ class SharedServers:
     def endpoint(self, spec: VLLMLaunch) -> Endpoint:
         with self._lock:
             if spec not in self._running:
+                logger = get_run_logger()
+                # Minutes pass here without a word otherwise: the first start on a machine creates the vLLM
+                # environment, and every start loads (on CPU: compiles) the model.
+                logger.info("starting a vLLM server for %s (the first on a machine builds its environment)", spec.model)
+                started = time.monotonic()
                 self._running[spec] = self._stack.enter_context(serve(spec))
+                logger.info("vLLM server for %s ready after %.0f s", spec.model, time.monotonic() - started)
             return self._running[spec]
 
     def __enter__(self) -> Self:

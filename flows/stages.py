@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -42,6 +42,7 @@ from schemas.jobs import JobBackend
 from tasks.store import Published, Store
 
 PROGRESS_EVERY_S = 1.0
+PROGRESS_LOG_EVERY_S = 30.0
 
 EndpointFor = Callable[[], Endpoint]
 """Gives a running server on first call (a flow-level server shared by stages), or is None."""
@@ -65,13 +66,18 @@ def stage_job(
     store = Store(store_url)
     started = datetime.now(UTC)
     progress = create_progress_artifact(0.0, key=_key(f"{stage}-progress"), description=f"{stage}: items done")
-    last = 0.0
+    last = logged = 0.0
+    logger = get_run_logger()
 
     def on_progress(step: str, done: int, total: int) -> None:
-        nonlocal last
-        if time.monotonic() - last >= PROGRESS_EVERY_S or done == total:
+        nonlocal last, logged
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S or done == total:
             update_progress_artifact(progress, 100.0 * done / max(total, 1), description=f"{step}: {done}/{total}")
-            last = time.monotonic()
+            last = now
+        if now - logged >= PROGRESS_LOG_EVERY_S or done == total:  # the console and the run log, more sparsely
+            logger.info("%s: %d/%d", step, done, total)
+            logged = now
 
     endpoint = server() if server is not None else None
     published = run_job(stage, config, backend, store, endpoint=endpoint, on_progress=on_progress)

@@ -72,7 +72,7 @@ def vllm_args(spec: VLLMLaunch, *, model_path: str, served_name: str, port: int)
         "--model", model_path, "--served-model-name", served_name, "--host", HOST, "--port", str(port),
         "--max-model-len", str(spec.max_model_len), "--dtype", spec.dtype,
         "--tensor-parallel-size", str(spec.tensor_parallel_size), "--data-parallel-size", str(spec.data_parallel_size),
-        *spec.extra_args,
+        *(["--enforce-eager"] if spec.enforce_eager else []), *spec.extra_args,
     ]  # fmt: skip
 
 

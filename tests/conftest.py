@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from schemas import CoTRecord, NERExample, PublishConfig, SampleConfig, SFTConfig
-from schemas.configs import Endpoint, VLLMLaunch
+from schemas.configs import CPU_SERVER, Endpoint, VLLMLaunch
 from tasks.serving import serve
 from tasks.settings import Settings
 from tasks.store import Published, Store
@@ -201,7 +201,8 @@ class _Server:
 
 
 def _start_server(model: Path, python: str) -> _Server:
-    spec = VLLMLaunch(model=str(model), served_name="smollm2", max_model_len=2048, kv_cache_gib=2, python=python)
+    spec = VLLMLaunch(**CPU_SERVER, model=str(model), served_name="smollm2", max_model_len=2048, kv_cache_gib=2,
+                      python=python)  # fmt: skip
     running = ExitStack()
     endpoint = running.enter_context(serve(spec))
     [pid] = _processes_with_args("--port", str(httpx.URL(endpoint.base_url).port))

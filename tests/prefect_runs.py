@@ -1,4 +1,4 @@
-"""What the flow tests read back from the Prefect server: task run states, artifacts, and a retry of a
+"""What the flow tests read back from the Prefect server: task run states, artifacts, logs, and a retry of a
 finished flow run the way the UI's Retry does it (the same flow run, scheduled again)."""
 
 from __future__ import annotations
@@ -7,8 +7,16 @@ import asyncio
 from typing import Any
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.flow_engine import run_flow
+from prefect.logging.handlers import APILogHandler
 from prefect.states import Scheduled
 
 
@@ -35,6 +43,18 @@ def artifacts(flow_run_id: object) -> dict[str, str]:
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
             )
         return {a.key: a.type for a in found if a.key}
+
+    return asyncio.run(read())
+
+
+def logs(flow_run_id: object) -> list[str]:
+    """The messages of one flow run's log, its tasks' included, as the UI shows them."""
+
+    async def read() -> list[str]:
+        await APILogHandler.aflush()  # logs reach the server in batches, from a background worker
+        async with get_client() as client:
+            found = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        return [entry.message for entry in found]
 
     return asyncio.run(read())
 

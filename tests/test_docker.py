@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from fault_server import FaultServer, sequence, stall
 from prefect import flow
-from prefect_runs import task_runs
+from prefect_runs import logs, task_runs
 from test_cg_run import seed, smoke
 
 from flows.cg import cg
@@ -90,23 +91,37 @@ def validate_and_judge(cot: str, judge: JudgeConfig, backend: JobBackend, store:
     return step("judge", judge.model_copy(update={"input": valid.manifest.address}), target, backend).manifest.address
 
 
-def test_validate_and_judge_in_containers_judge_what_local_jobs_judge(
-    prefect_server: None, docker_engine: object, vllm_image: str, vllm_endpoint: Endpoint, tmp_path: Path
-) -> None:
+def test_validate_and_judge_in_containers_on_s3_judge_what_local_jobs_judge(
+    prefect_server: None, docker_engine: object, vllm_image: str, vllm_endpoint: Endpoint, seaweedfs: str,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # The containers reach the host's vLLM server and SeaweedFS over the host network; the store's
+    # credentials come from the orchestrator's environment, and no log or output may show them.
+    secret = f"never-logged-{uuid.uuid4().hex}"
+    for name, value in {"RNER_S3_ENDPOINT": seaweedfs, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": secret,
+                        "AWS_REGION": "us-east-1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
     # The embedded 135M teacher writes almost nothing that validates: the judge gets the demo corpus's
     # hand-written reasoning instead, so that it has chains to score.
     records = read_jsonl(demo_cot_path(), CoTRecord)[:3]
     judge = JudgeConfig.preset("smoke", judge=vllm_endpoint.model_dump(), concurrency=1)
-    judged = {}
-    for name, backend in (("local", LocalJob()), ("docker", _backend(vllm_image))):
-        store = Store(tmp_path / name)
+    judged, runs, stores = {}, {}, {}
+    for name, backend, url in (("local", LocalJob(), str(tmp_path / "local")),
+                               ("docker", _backend(vllm_image), f"s3://rner-test/{uuid.uuid4().hex}")):  # fmt: skip
+        store = stores[name] = Store(url)
         out = store.output("datasets/handwritten/v1")
         out.publish(kind="cot", stage="publish", config=PublishConfig(), files=[out.write("data", records, CoTRecord)])
-        address = validate_and_judge("datasets/handwritten/v1", judge, backend, store.url)
-        judged[name] = (_outputs(store), list(store.records(store.load(address).manifest)))
+        state = validate_and_judge("datasets/handwritten/v1", judge, backend, store.url, return_state=True)
+        runs[name] = state.state_details.flow_run_id
+        judged[name] = (_outputs(store), list(store.records(store.load(state.result()).manifest)))
     assert judged["docker"] == judged["local"]
     verdicts = judged["docker"][1]
     assert len(verdicts) == 3 and all(v.judge.completion_tokens > 0 for v in verdicts)  # scored by the real server
+    in_containers = logs(runs["docker"])
+    assert any("judge" in line for line in in_containers), in_containers  # the containers' output reached the run log
+    assert not [line for line in in_containers if secret in line]
+    s3 = stores["docker"]
+    assert not [path for path in s3.list("") if secret.encode() in s3.get(path)]
     assert _job_containers(docker_engine) == []
 
 

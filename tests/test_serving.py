@@ -114,7 +114,7 @@ def wait_gone(process_group: Group, pgid: int, timeout: float) -> None:
 def test_vllm_command_is_the_module_with_every_setting() -> None:
     spec = VLLMLaunch(
         model="m", tensor_parallel_size=2, data_parallel_size=3, max_model_len=4096, dtype="float16",
-        extra_args=("--enforce-eager", "--seed", "7"),
+        enforce_eager=True, extra_args=("--seed", "7"),
     )  # fmt: skip
     cmd = vllm_command(spec, model_path="/models/m", served_name="teacher", port=8123, python="/venv/bin/python")
     assert cmd == [
