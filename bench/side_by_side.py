@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from schemas import VLLMLaunch
+from schemas.configs import CPU_SERVER, VLLMLaunch
 from tasks.serving import serve
 
 Row = tuple[float, float, int, int]
@@ -49,7 +49,7 @@ def rounds(
 ) -> list[Row]:
     """``count`` rounds of the ceiling then ``ours(base_url, model)`` against one server of the default model."""
     rows = []
-    with serve(VLLMLaunch(served_name="smollm2", max_model_len=2048)) as endpoint:
+    with serve(VLLMLaunch(**CPU_SERVER, served_name="smollm2", max_model_len=2048)) as endpoint:
         asyncio.run(ceiling(endpoint.base_url, endpoint.model, conversations, max_tokens))  # warm-up
         for _ in range(count):
             raw_s, raw_tokens = asyncio.run(ceiling(endpoint.base_url, endpoint.model, conversations, max_tokens))
