@@ -16,8 +16,7 @@ import argparse
 import asyncio
 import time
 
-import httpx
-from side_by_side import describe_machine
+from side_by_side import ceiling, describe_machine
 
 from schemas.configs import CPU_SERVER, VLLMLaunch
 from tasks.demo import load_demo
@@ -27,22 +26,8 @@ from tasks.serving import serve
 SETTINGS = {
     "bfloat16, compiled": {"dtype": "bfloat16", "enforce_eager": False},
     "float32, compiled": {"dtype": "float32", "enforce_eager": False},
-    "float32, eager (CPU_SERVER)": {k: v for k, v in CPU_SERVER.items() if k != "kind"},
+    "float32, eager (CPU_SERVER)": CPU_SERVER,
 }
-
-
-async def generate(base_url: str, model: str, prompts: list[list[dict]], concurrency: int, max_tokens: int) -> int:
-    limit = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=3600) as client:
-
-        async def one(messages: list[dict]) -> int:
-            body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0}
-            async with limit:
-                response = await client.post("/chat/completions", json=body)
-            response.raise_for_status()
-            return response.json()["usage"]["completion_tokens"]
-
-        return sum(await asyncio.gather(*(one(m) for m in prompts)))
 
 
 def main() -> None:
@@ -59,10 +44,9 @@ def main() -> None:
         started = time.perf_counter()
         with serve(VLLMLaunch(**fields, served_name="smollm2", max_model_len=2048)) as endpoint:
             start_s = time.perf_counter() - started
-            began = time.perf_counter()
-            sent = generate(endpoint.base_url, endpoint.model, prompts, args.concurrency, args.max_tokens)
-            tokens = asyncio.run(sent)
-            rate = tokens / (time.perf_counter() - began)
+            sent = ceiling(endpoint.base_url, endpoint.model, prompts, args.max_tokens, args.concurrency)
+            seconds, tokens = asyncio.run(sent)
+            rate = tokens / seconds
         first = first or (start_s, rate)
         print(f"{name:<30} {start_s:8.0f} {tokens:7d} {rate:9.1f} {start_s / first[0]:12.2f} {rate / first[1]:12.2f}")
 

@@ -30,12 +30,17 @@ def describe_machine() -> None:
     print(f"python {platform.python_version()}, {platform.system()} {platform.machine()}, cpu_count={os.cpu_count()}")
 
 
-async def ceiling(base_url: str, model: str, conversations: Sequence[list[dict]], max_tokens: int) -> tuple[float, int]:
+async def ceiling(
+    base_url: str, model: str, conversations: Sequence[list[dict]], max_tokens: int, concurrency: int | None = None
+) -> tuple[float, int]:
+    """(seconds, completion tokens) of sending every conversation, all at once or ``concurrency`` in flight."""
+    limit = asyncio.Semaphore(concurrency or max(len(conversations), 1))
     async with httpx.AsyncClient(base_url=base_url, timeout=3600, limits=httpx.Limits(max_connections=None)) as client:
 
         async def one(messages: list[dict]) -> int:
             body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0}
-            response = await client.post("/chat/completions", json=body)
+            async with limit:
+                response = await client.post("/chat/completions", json=body)
             response.raise_for_status()
             return response.json()["usage"]["completion_tokens"]
 
