@@ -5,10 +5,10 @@
     rner images build --role trainer --extras "[train,gpu,vllm]" --wheelhouse /mnt/wheels
 
 A build needs no network inside: the project is built into a wheel, every dependency is collected into
-the build context's ``wheels/`` with ``pip download`` on this machine (or taken from ``--wheelhouse``),
-and ``images/install.sh`` installs them with ``--no-index`` into ``/opt/rner`` in the image. Wheels are
-collected for this machine's Python and platform; images whose Python differs take a ``--wheelhouse``
-built for them.
+the build context's ``wheels/`` on this machine (or taken from ``--wheelhouse``), resolved for the
+Python of the base image where it has one (else this machine's), and ``images/install.sh`` installs them
+with ``--no-index`` into ``/opt/rner`` in the image. Wheels are downloaded for this machine's platform and
+Python minor version; images whose Python minor version differs take a ``--wheelhouse`` built for them.
 
 Each image is tagged ``<name>:<version>`` and ``<name>:<version>-<content>``, where content hashes the
 Dockerfile, the install script, the build arguments (the code version among them: an image names the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -36,11 +37,12 @@ from typing import Annotated
 
 import docker
 import typer
-from docker.errors import ImageNotFound
+from docker.errors import APIError, ContainerError, ImageNotFound
 
 from schemas import canonical_json
 from schemas.jobs import IMAGE_VERSION
 from tasks.errors import RnerError
+from tasks.installer import uv_pip
 from tasks.store import code_version
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
@@ -59,15 +61,37 @@ def _run(command: list[str], what: str) -> None:
         raise ImageBuildError(f"{what} failed:\n{(result.stdout + result.stderr)[-3000:]}")
 
 
-def collect_wheels(extras: str, dest: Path, wheelhouse: Path | None = None) -> None:
-    """The project's wheel and all its dependencies (with ``extras``) as files in ``dest``."""
+def collect_wheels(extras: str, dest: Path, wheelhouse: Path | None = None, python_version: str | None = None) -> None:
+    """The project's wheel and all its dependencies (with ``extras``) as files in ``dest``, resolved for the
+    image's Python (``python_version``; default this one's): environment markers differ between patch releases
+    (redis needs async-timeout below Python 3.11.3 only), so what pip would pick here can miss what the
+    image's interpreter requires. uv resolves for that version, then pip downloads exactly those pins."""
     dest.mkdir(parents=True, exist_ok=True)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(REPO)], "pip wheel")
     [project] = dest.glob("reasoning_ner-*.whl")
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "-d", str(dest), f"{project}{extras}"]
-    if wheelhouse is not None:
-        command += ["--no-index", "--find-links", str(wheelhouse)]
-    _run(command, "pip download")
+    index = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse is not None else []
+    version = python_version or platform.python_version()
+    wanted = dest.parent / "requirements.in"
+    wanted.write_text(f"reasoning-ner{extras} @ {project.as_uri()}\n")
+    pins = dest.parent / "requirements.txt"
+    compiled = uv_pip("compile", [*index, "--python-version", version, "--no-header", "--no-annotate",
+                                  "-o", str(pins), str(wanted)], sys.executable)  # fmt: skip
+    if compiled.returncode != 0:
+        raise ImageBuildError(f"resolving the dependencies for Python {version} failed:\n{compiled.stderr[-3000:]}")
+    pins.write_text("".join(line for line in pins.read_text().splitlines(True) if "reasoning-ner" not in line))
+    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *index, "-d", str(dest), "-r", str(pins)],
+         "pip download")  # fmt: skip
+
+
+def python_version_of(image: str) -> str | None:
+    """The version of ``python3`` in a local image (None when it has none, e.g. a CUDA base that installs it)."""
+    client = docker.from_env()
+    try:
+        out = client.containers.run(image, ["-c", "import platform; print(platform.python_version())"],
+                                    entrypoint="python3", remove=True, network_mode="none")  # fmt: skip
+    except (ContainerError, APIError):
+        return None
+    return out.decode().strip()
 
 
 def _wheel_digest(path: Path) -> str:
@@ -113,7 +137,7 @@ def build(
         shutil.copy(IMAGES / role / "Dockerfile", context / "Dockerfile")
         shutil.copy(IMAGES / "install.sh", context / "install.sh")
         on_log(f"{role}: collecting wheels{buildargs['EXTRAS'] and ' ' + buildargs['EXTRAS']}")
-        collect_wheels(buildargs["EXTRAS"], context / "wheels", wheelhouse)
+        collect_wheels(buildargs["EXTRAS"], context / "wheels", wheelhouse, base and python_version_of(base))
         tags = [f"{name}:{IMAGE_VERSION}", f"{name}:{IMAGE_VERSION}-{content_hash(context, buildargs)}"]
         try:
             client.images.get(tags[1])

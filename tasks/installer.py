@@ -62,10 +62,10 @@ def uv_options(settings: dict[str, list[str]]) -> tuple[list[str], dict[str, str
 
 
 def uv_pip(command: str, args: list[str], python: str) -> subprocess.CompletedProcess[str]:
-    """``uv pip COMMAND --python PYTHON [pip's settings] ARGS``, output captured."""
+    """``uv pip COMMAND --python PYTHON [pip's settings, for install and compile] ARGS``, output captured."""
     from uv import find_uv_bin
 
-    options, env = uv_options(pip_config()) if command == "install" else ([], {})
+    options, env = uv_options(pip_config()) if command in ("install", "compile") else ([], {})
     cmd = [find_uv_bin(), "pip", command, "--quiet", "--python", python, *options, *args]
     return subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **env})
 

@@ -185,8 +185,8 @@ def test_a_docker_worker_runs_the_flow_in_the_orchestrator_image_and_its_stage_b
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": APP_DIR}}],
         )  # fmt: skip
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    worker = subprocess.Popen(["prefect", "worker", "start", "--pool", pool, "--type", "docker"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "docker"]
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         parameters = {"config": SampleConfig(sources=[str(source)], total=4).model_dump(mode="json"),
                       "backend": _backend(vllm_image).model_dump(mode="json"), "store": store.url}  # fmt: skip
