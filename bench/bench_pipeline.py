@@ -28,8 +28,8 @@ from pathlib import Path
 
 from side_by_side import describe_machine
 
-from schemas import MixConfig, NERExample, PipelineConfig
-from tasks.demo import DEMO_PASSAGES, load_demo, seed_passages
+from schemas import DEMO_PASSAGES, MixConfig, NERExample, PipelineConfig
+from tasks.demo import load_demo, seed_passages
 from tasks.jsonl import dump_jsonl
 from tasks.models import STORE_SCHEME
 from tasks.serving import free_port

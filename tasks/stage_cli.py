@@ -6,6 +6,7 @@ and docker send on cancellation) unwinds the stage like Ctrl-C, so servers it st
 """
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,6 +72,10 @@ def run_stage(
     raise_on_sigterm()
     loaded = read_config(cls, config, config_json, preset)
     extra = {"endpoint": endpoint} if endpoint is not None else {}
+    if store:
+        # The process's store from here on: `store:` model references in the config (a CT model to evaluate, a
+        # base to train from) resolve in the store the stage writes to, as they do under a job backend.
+        os.environ["RNER_STORE"] = store
     target = Store(store) if store else Store.from_settings()
     published = run(loaded, target, progress=print_progress, **extra)
     print(json.dumps({"address": published.manifest.address, "digest": published.digest}))

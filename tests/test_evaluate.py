@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -273,3 +275,25 @@ def test_stage_and_human_command_lines(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"datasets": [str(tmp_path / "nowhere")]}))
     failed = subprocess.run([*job, "--config", str(bad), "--store", store], capture_output=True, text=True)
     assert failed.returncode == 1 and "1 eval set(s) not found" in failed.stderr and "Traceback" not in failed.stderr
+
+
+@pytest.mark.slow
+def test_store_references_resolve_in_the_store_given_on_the_command_line(
+    training_data: Any, sft_model: Any, tmp_path: Path
+) -> None:
+    config = EvalConfig(
+        model=TransformersRunner(model=f"store:{sft_model.manifest.address}", batch_size=2),
+        datasets=[str(instructuie_folder(tmp_path))],
+        sampling={"max_tokens": 4},
+        shard_size=2,
+    )
+    env = {**os.environ, "RNER_STORE": str(tmp_path / "elsewhere"), "RNER_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.evaluate", "--config-json", config.model_dump_json(),
+         "--store", training_data.store.url],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    published = training_data.store.load(json.loads(done.stdout.strip().splitlines()[-1])["address"])
+    predictions = list(training_data.store.records(published.manifest))
+    assert len(predictions) == 3 and {p.generation.model for p in predictions} == {config.model.model}
