@@ -38,6 +38,7 @@ from typing import Annotated
 import docker
 import typer
 from docker.errors import APIError, ContainerError, ImageNotFound
+from filelock import FileLock
 
 from schemas import canonical_json
 from schemas.jobs import IMAGE_VERSION
@@ -67,7 +68,10 @@ def collect_wheels(extras: str, dest: Path, wheelhouse: Path | None = None, pyth
     (redis needs async-timeout below Python 3.11.3 only), so what pip would pick here can miss what the
     image's interpreter requires. uv resolves for that version, then pip downloads exactly those pins."""
     dest.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(REPO)], "pip wheel")
+    # One build of the checkout at a time: setuptools writes build/ and *.egg-info inside it, and two image
+    # builds at once (the test fixtures build the trainer and orchestrator images in parallel) break each other.
+    with FileLock(Path(tempfile.gettempdir()) / "rner-project-wheel.lock", timeout=1800):
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(REPO)], "pip wheel")
     [project] = dest.glob("reasoning_ner-*.whl")
     index = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse is not None else []
     version = python_version or platform.python_version()
