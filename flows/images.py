@@ -4,16 +4,18 @@
     rner images build --role vllm --base rner-base:bookworm   # a CPU variant on a local base image (tests)
     rner images build --role trainer --extras "[train,gpu,vllm]" --wheelhouse /mnt/wheels
 
-A build needs no network inside: the project is built into a wheel, every dependency is collected into
-the build context's ``wheels/`` on this machine (or taken from ``--wheelhouse``), resolved for the
-Python of the base image where it has one (else this machine's), and ``images/install.sh`` installs them
-with ``--no-index`` into ``/opt/rner`` in the image. Wheels are downloaded for this machine's platform and
-Python minor version; images whose Python minor version differs take a ``--wheelhouse`` built for them.
+A build needs no network inside: the project is built into a wheel (the build context's ``project/``),
+every dependency is collected into ``wheels/`` on this machine (or taken from ``--wheelhouse``), resolved for
+the Python of the base image where it has one (else this machine's), and ``images/install.sh`` installs them
+with ``--no-index`` into ``/opt/rner`` in the image: the dependencies in one layer, the project in the next,
+so that an engine which built one commit's image rebuilds only the project's layer for the next. Wheels are
+downloaded for this machine's platform and Python minor version; images whose Python minor version differs
+take a ``--wheelhouse`` built for them.
 
 Each image is tagged ``<name>:<version>`` and ``<name>:<version>-<content>``, where content hashes the
 Dockerfile, the install script, the build arguments (the code version among them: an image names the
-commit it was built from, so another commit is another image, even where the files are the same) and every
-wheel (the project's by its files, since a wheel's zip timestamps change with every build): the same inputs
+commit it was built from, so another commit is another image, even where the files are the same), the pins and
+every wheel (the project's by its files, since a wheel's zip timestamps change with every build): the same inputs
 give the same tag, and an image whose tag exists already is not built again.
 
 Usage::
@@ -56,34 +58,46 @@ class ImageBuildError(RnerError):
     """An image could not be built; the message carries the step and the end of its output."""
 
 
-def _run(command: list[str], what: str) -> None:
-    result = subprocess.run(command, capture_output=True, text=True)
+def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
     if result.returncode != 0:
         raise ImageBuildError(f"{what} failed:\n{(result.stdout + result.stderr)[-3000:]}")
 
 
-def collect_wheels(extras: str, dest: Path, wheelhouse: Path | None = None, python_version: str | None = None) -> None:
-    """The project's wheel and all its dependencies (with ``extras``) as files in ``dest``, resolved for the
-    image's Python (``python_version``; default this one's): environment markers differ between patch releases
-    (redis needs async-timeout below Python 3.11.3 only), so what pip would pick here can miss what the
-    image's interpreter requires. uv resolves for that version, then pip downloads exactly those pins."""
-    dest.mkdir(parents=True, exist_ok=True)
+def _run(command: list[str], what: str) -> None:
+    _check(subprocess.run(command, capture_output=True, text=True), what)
+
+
+def collect_wheels(
+    extras: str, context: Path, wheelhouse: Path | None = None, python_version: str | None = None
+) -> None:
+    """The build context's wheels: ``project/`` the project's wheel, ``wheels/`` every dependency (with
+    ``extras``) and ``wheels/requirements.txt`` their pins. Two folders, because they are two image layers:
+    a new commit changes the project's wheel only, and the dependencies' layer is reused.
+
+    The pins are resolved for the image's Python (``python_version``; default this one's): environment markers
+    differ between patch releases (redis needs async-timeout below Python 3.11.3 only), so what pip would pick
+    here can miss what the image's interpreter requires. uv resolves for that version, then pip downloads
+    exactly those pins."""
+    project_dir, wheels = context / "project", context / "wheels"
+    project_dir.mkdir(parents=True, exist_ok=True)
+    wheels.mkdir(parents=True, exist_ok=True)
     # One build of the checkout at a time: setuptools writes build/ and *.egg-info inside it, and two image
     # builds at once (the test fixtures build the trainer and orchestrator images in parallel) break each other.
     with FileLock(Path(tempfile.gettempdir()) / "rner-project-wheel.lock", timeout=1800):
-        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(REPO)], "pip wheel")
-    [project] = dest.glob("reasoning_ner-*.whl")
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(project_dir), str(REPO)],
+             "pip wheel")  # fmt: skip
+    [project] = project_dir.glob("reasoning_ner-*.whl")
     index = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse is not None else []
     version = python_version or platform.python_version()
-    wanted = dest.parent / "requirements.in"
+    wanted = context / "requirements.in"
     wanted.write_text(f"reasoning-ner{extras} @ {project.as_uri()}\n")
-    pins = dest.parent / "requirements.txt"
+    pins = wheels / "requirements.txt"
     compiled = uv_pip("compile", [*index, "--python-version", version, "--no-header", "--no-annotate",
                                   "-o", str(pins), str(wanted)], sys.executable)  # fmt: skip
-    if compiled.returncode != 0:
-        raise ImageBuildError(f"resolving the dependencies for Python {version} failed:\n{compiled.stderr[-3000:]}")
+    _check(compiled, f"resolving the dependencies for Python {version}")
+    wanted.unlink()
     pins.write_text("".join(line for line in pins.read_text().splitlines(True) if "reasoning-ner" not in line))
-    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *index, "-d", str(dest), "-r", str(pins)],
+    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *index, "-d", str(wheels), "-r", str(pins)],
          "pip download")  # fmt: skip
 
 
@@ -108,13 +122,14 @@ def _wheel_digest(path: Path) -> str:
 
 
 def content_hash(context: Path, buildargs: dict[str, str]) -> str:
-    """What the image is built from: Dockerfile, install script, build arguments, wheels."""
+    """What the image is built from: Dockerfile, install script, build arguments, wheels and pins."""
     parts = {
         "files": {
-            name: hashlib.sha256((context / name).read_bytes()).hexdigest() for name in ("Dockerfile", "install.sh")
+            name: hashlib.sha256((context / name).read_bytes()).hexdigest()
+            for name in ("Dockerfile", "install.sh", "wheels/requirements.txt")
         },
         "args": buildargs,
-        "wheels": {w.name: _wheel_digest(w) for w in sorted((context / "wheels").glob("*.whl"))},
+        "wheels": {w.name: _wheel_digest(w) for w in sorted(context.glob("*/*.whl"))},
     }
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:12]
 
@@ -141,7 +156,7 @@ def build(
         shutil.copy(IMAGES / role / "Dockerfile", context / "Dockerfile")
         shutil.copy(IMAGES / "install.sh", context / "install.sh")
         on_log(f"{role}: collecting wheels{buildargs['EXTRAS'] and ' ' + buildargs['EXTRAS']}")
-        collect_wheels(buildargs["EXTRAS"], context / "wheels", wheelhouse, base and python_version_of(base))
+        collect_wheels(buildargs["EXTRAS"], context, wheelhouse, base and python_version_of(base))
         tags = [f"{name}:{IMAGE_VERSION}", f"{name}:{IMAGE_VERSION}-{content_hash(context, buildargs)}"]
         try:
             client.images.get(tags[1])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from tasks.jsonl import read_jsonl
 from tasks.store import Published, Store, code_version
 
 pytestmark = pytest.mark.slow
+INSTALL_STEP = r"sh /tmp/install\.sh (\w+)"
 
 
 def _backend(image: str) -> DockerJob:
@@ -134,20 +136,27 @@ def test_validate_and_judge_in_containers_on_s3_judge_what_local_jobs_judge(
 
 def test_sft_in_the_trainer_image_learns_what_the_local_run_learns(
     prefect_server: None, docker_engine: object, vllm_image: str, trainer_image: str, training_data: object,
-    sft_smoke: Callable[..., SFTConfig], sft_model: Published, default_model: Path,
+    sft_smoke: Callable[..., SFTConfig], tiny_model: Path, train_settings: object, tmp_path: Path,
     log_history: Callable[[Store, Published], list[dict[str, object]]],
 ) -> None:  # fmt: skip
-    # The image carries no model: the host's copy of the default model is mounted read-only at its own path.
+    from tasks import sft as sft_stage
+
+    # The image carries no model: the host's copy is mounted read-only at its own path. The tiny model of
+    # conftest: what is compared is the runtime (wheels, data path, seeding), not what 135M parameters learn.
+    config = sft_smoke(model=str(tiny_model), learning_rate=1e-3)
+    local = Store(tmp_path / "local")
+    training_data.publish(local)  # type: ignore[attr-defined]
+    reference = sft_stage.run(config, local, settings=train_settings)  # type: ignore[arg-type]
     store: Store = training_data.store  # type: ignore[attr-defined]
     backend = DockerJob(
-        images=Images(vllm=vllm_image, trainer=trainer_image), mounts=(f"{default_model}:{default_model}:ro",)
+        images=Images(vllm=vllm_image, trainer=trainer_image), mounts=(f"{tiny_model}:{tiny_model}:ro",)
     )
-    state = sft(sft_smoke(model=str(default_model)), backend=backend, store=store.url, return_state=True)
+    state = sft(config, backend=backend, store=store.url, return_state=True)
     assert state.is_completed(), state
     published = store.load(state.result()["address"])
     assert published.manifest.kind == "model" and published.manifest.code_version == code_version()
     in_container = [e["loss"] for e in log_history(store, published) if "loss" in e]
-    in_process = [e["loss"] for e in log_history(store, sft_model) if "loss" in e]
+    in_process = [e["loss"] for e in log_history(local, reference) if "loss" in e]
     assert len(in_container) == len(in_process) == 4
     assert in_container == pytest.approx(in_process, rel=1e-3)  # same wheels, data, seed and base weights
     assert in_container[-1] < in_container[0]
@@ -250,3 +259,27 @@ def test_cancelling_the_flow_removes_its_container(
     assert flow.returncode != 0
     assert _job_containers(docker_engine) == [], output[-3000:]
     assert store.list("cot") == [] or not any(p.endswith("manifest.json") for p in store.list("cot"))
+
+
+def test_another_commit_rebuilds_only_the_project_layer(
+    docker_engine: object, vllm_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What an engine that built one commit's images pays for the next: the project's layer, not the dependencies.
+    from conftest import BASE_IMAGE
+
+    from flows import images
+
+    monkeypatch.setattr(images, "code_version", lambda: "0.1.0+gnext")
+    version, tag = images.build("vllm", base=BASE_IMAGE, on_log=lambda line: None)
+    try:
+        assert tag != vllm_image
+        layers = {  # each image's install steps (RUN sh /tmp/install.sh STEP): their layers
+            image: {found[1]: step["Id"] for step in history if (found := re.search(INSTALL_STEP, step["CreatedBy"]))}
+            for image in (vllm_image, tag)
+            for history in [docker_engine.images.get(image).history()]  # type: ignore[attr-defined]
+        }
+        assert layers[tag]["dependencies"] == layers[vllm_image]["dependencies"]
+        assert layers[tag]["project"] != layers[vllm_image]["project"]
+    finally:
+        docker_engine.images.get(vllm_image).tag(version)  # type: ignore[attr-defined]
+        docker_engine.images.remove(tag)  # type: ignore[attr-defined]

@@ -40,10 +40,12 @@ def test_pipeline_runs_end_to_end_and_a_retry_redoes_only_the_failed_stage(
     config = PipelineConfig.preset(
         "smoke",
         cg={"annotate": {"teacher": server, "sampling": {"max_tokens": 128}}, "judge": {"judge": server}},
-        sft={"max_steps": 2},
-        grpo={"max_steps": 1},
-        evaluate={"datasets": [str(eval_set)], "max_examples": 1, "sampling": {"max_tokens": 96}},
-    )
+        # One optimizer step each on the fewest tokens that still exercise the stage (CPU time is the CI budget).
+        sft={"max_steps": 1, "global_batch_size": 2},
+        grpo={"max_steps": 1, "num_generations": 2, "global_batch_size": 2, "per_device_batch_size": 2,
+              "max_completion_length": 24},
+        evaluate={"datasets": [str(eval_set)], "max_examples": 1, "sampling": {"max_tokens": 32}},
+    )  # fmt: skip
 
     failed = pipeline(config, store=store.url, return_state=True)
     assert failed.is_failed()
