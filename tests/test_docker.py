@@ -202,7 +202,11 @@ def test_a_docker_worker_runs_the_flow_in_the_orchestrator_image_and_its_stage_b
         run = run_deployment(deployment, parameters=parameters, timeout=600)
     finally:
         worker.terminate()
-        output = worker.communicate(timeout=60)[0]
+        try:
+            output = worker.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            pytest.fail(f"the worker did not stop on SIGTERM within 120 s:\n{worker.communicate()[0][-3000:]}")
     assert run.state is not None and run.state.is_completed(), (run.state, output[-3000:])
     [sampled] = [m for m in _outputs(store).values() if m["kind"] == "ner"]
     assert sampled["code"] == code_version() and sampled["files"][0][1] == 4  # four examples, from this commit

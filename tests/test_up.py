@@ -80,8 +80,13 @@ def test_up_registers_deployments_and_its_worker_runs_them(tmp_path: Path) -> No
         assert store.load("datasets/ner-cot/v1").manifest.stats["kept"] > 0
     finally:
         os.killpg(up.pid, signal.SIGINT)
-        up.wait(timeout=90)
-        log.close()
+        try:  # `rner up` gives each child 30 s to stop, then kills it
+            up.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            pytest.fail(f"`rner up` did not stop on Ctrl-C within 180 s:\n{(tmp_path / 'up.log').read_text()[-3000:]}")
+        finally:
+            log.close()
     assert up.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{api}/health", timeout=2)
