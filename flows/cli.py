@@ -55,6 +55,13 @@ def _healthy(api: str) -> bool:
         return False
 
 
+def interruptible() -> None:
+    """``preexec_fn`` of the children that ``stop_process`` stops: a command started in the background by a
+    non-interactive shell (``rner up &`` in a script, CI runners) ignores SIGINT, children inherit that, and
+    Prefect's server and worker (which pass SIGTERM on to their own child as SIGINT) would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     """Ctrl-C to a child started in its own session (``prefect`` commands run their work in a grandchild),
     then SIGKILL to all of it after ``timeout``."""
@@ -84,10 +91,12 @@ def start_server(port: int, *, detach: bool) -> subprocess.Popen[bytes] | None:
     if detach:
         SERVER_DIR.mkdir(parents=True, exist_ok=True)
         with open(SERVER_DIR / "server.log", "ab") as log:
-            server = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+            server = subprocess.Popen(
+                command, env=env, stdout=log, stderr=log, start_new_session=True, preexec_fn=interruptible
+            )
         (SERVER_DIR / "server.pid").write_text(str(server.pid))
     else:  # its own session too: a Ctrl-C reaches `rner up` alone, which then stops the worker before the server
-        server = subprocess.Popen(command, env=env, start_new_session=True)
+        server = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=interruptible)
     deadline = time.monotonic() + 120
     while not _healthy(f"{url}/api"):
         if server.poll() is not None or time.monotonic() > deadline:
@@ -107,6 +116,7 @@ def up(
     from tasks.serving import raise_on_sigterm
 
     raise_on_sigterm()  # a SIGTERM stops the children too (they run in their own sessions)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it, even started in the background
     url, env = _server_env(port)
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -124,7 +134,9 @@ def up(
             return
         out.print(f"running a worker for pool {PROCESS_POOL}; Ctrl-C stops it and the server\n")
         worker_command = [_prefect(), "worker", "start", "--pool", PROCESS_POOL]
-        children.append(subprocess.Popen(worker_command, env=env, cwd=REPO, start_new_session=True))
+        children.append(
+            subprocess.Popen(worker_command, env=env, cwd=REPO, start_new_session=True, preexec_fn=interruptible)
+        )
         children[-1].wait()
     except KeyboardInterrupt:
         pass

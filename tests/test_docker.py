@@ -28,6 +28,7 @@ from prefect_runs import logs, task_runs
 from test_cg_run import seed, smoke
 
 from flows.cg import cg
+from flows.cli import interruptible
 from flows.docker_jobs import LABEL
 from flows.stage_flows import sample, sft
 from flows.stages import step
@@ -195,7 +196,8 @@ def test_a_docker_worker_runs_the_flow_in_the_orchestrator_image_and_its_stage_b
         )  # fmt: skip
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_WORKER_QUERY_SECONDS": "1"}
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "docker"]
-    worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=interruptible)  # fmt: skip
     try:
         parameters = {"config": SampleConfig(sources=[str(source)], total=4).model_dump(mode="json"),
                       "backend": _backend(vllm_image).model_dump(mode="json"), "store": store.url}  # fmt: skip
@@ -233,6 +235,7 @@ def test_a_failing_container_fails_the_flow_with_its_log_tail(
 CANCELLED_FLOW = """
 import sys
 from flows.cg import cg
+from flows.cli import interruptible
 from schemas import CGConfig
 from schemas.jobs import DockerJob, Images
 config = CGConfig.model_validate_json(sys.argv[1])
