@@ -15,7 +15,8 @@ goes first:
 Both are timed from the start (model not yet loaded) to the saved model, after one untimed warm-up run.
 Tokens are the ones the trainer reports (``num_tokens``, the same for both); tokens/s = tokens / wall
 seconds. Printed: tokens/s of each, ours/plain of the medians end to end (goal ≥ 0.95) and for the training loop
-alone (``train_runtime``). The trainers' own log lines go to stderr.
+alone (``train_runtime``), and the seconds outside the loop (loading, data, saving; ours also uploads the
+model and draws the curve). The trainers' own log lines go to stderr.
 """
 
 from __future__ import annotations
@@ -86,21 +87,22 @@ def ours(config: SFTConfig, source: Store, home: Path) -> tuple[float, float, fl
 def compare(config: SFTConfig, records: list[CoTRecord], source: Store, rounds: int, tmp: str) -> None:
     """Both runs ``rounds`` times, alternating which goes first; one line per run, then the ratios of the
     medians (other jobs on a shared machine slow single runs down several-fold)."""
-    rates: dict[str, list[tuple[float, float]]] = {"plain": [], "ours": []}
+    rates: dict[str, list[tuple[float, float, float]]] = {"plain": [], "ours": []}
     for round_ in range(rounds):
         for name in ("plain", "ours") if round_ % 2 == 0 else ("ours", "plain"):
             work = Path(tempfile.mkdtemp(dir=tmp))
             with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs; the table stays clean
                 seconds, tokens, loop = plain(config, records, work) if name == "plain" else ours(config, source, work)
-            rates[name].append((tokens / seconds, tokens / loop))
+            rates[name].append((tokens / seconds, tokens / loop, seconds - loop))
             row = f"{config.packing!s:>8} {name:>6} {seconds:8.1f} {tokens:7.0f}"
-            print(f"{row} {tokens / seconds:9.1f} {tokens / loop:11.1f}", flush=True)
-    (ours_total, ours_loop), (plain_total, plain_loop) = (
+            print(f"{row} {tokens / seconds:9.1f} {tokens / loop:11.1f} {seconds - loop:10.1f}", flush=True)
+    (ours_total, ours_loop, ours_outside), (plain_total, plain_loop, plain_outside) = (
         [median(column) for column in zip(*rates[name], strict=True)] for name in ("ours", "plain")
     )
     print(
         f"packing {config.packing}: median tokens/s ours {ours_total:.1f} vs plain {plain_total:.1f}, "
-        f"ours/plain end to end {ours_total / plain_total:.3f}, training loop {ours_loop / plain_loop:.3f}"
+        f"ours/plain end to end {ours_total / plain_total:.3f}, training loop {ours_loop / plain_loop:.3f}; "
+        f"outside the loop ours {ours_outside:.1f} s vs plain {plain_outside:.1f} s"
     )
 
 
@@ -126,7 +128,8 @@ def main() -> None:
             plain(
                 SFTConfig.preset("smoke", dataset="-", model=resolve_model("default"), max_steps=1), records, Path(tmp)
             )
-        print(f"{'packing':>8} {'run':>6} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'loop tok/s':>11}")
+        header = f"{'packing':>8} {'run':>6} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'loop tok/s':>11}"
+        print(f"{header} {'outside s':>10}")
         for packing in {"both": (False, True), "off": (False,), "on": (True,)}[args.packing]:
             config = SFTConfig.preset(
                 "smoke", dataset="datasets/ner-cot/v1", model=resolve_model("default"), max_steps=args.steps,
