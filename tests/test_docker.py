@@ -260,7 +260,9 @@ def test_cancelling_the_flow_removes_its_container(
             assert flow.poll() is None, flow.communicate()[0][-3000:]
             assert time.monotonic() < deadline, "the annotate container never sent a request"
             time.sleep(1)
-        assert len(_job_containers(docker_engine)) == 1
+        [container] = _job_containers(docker_engine)
+        host = container.attrs["HostConfig"]  # what the engine made of the spec: 16g of /dev/shm, no GPUs for CG
+        assert (host["ShmSize"], host["NetworkMode"], host["DeviceRequests"] or []) == (16 * 2**30, "host", [])
         flow.send_signal(signal.SIGTERM)  # what Prefect's runner sends a flow run it cancels
         output, _ = flow.communicate(timeout=180)
     assert flow.returncode != 0
