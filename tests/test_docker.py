@@ -235,7 +235,6 @@ def test_a_failing_container_fails_the_flow_with_its_log_tail(
 CANCELLED_FLOW = """
 import sys
 from flows.cg import cg
-from flows.cli import interruptible
 from schemas import CGConfig
 from schemas.jobs import DockerJob, Images
 config = CGConfig.model_validate_json(sys.argv[1])
