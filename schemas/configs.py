@@ -583,9 +583,9 @@ class EvalConfig(Config):
     shard_size: PositiveInt = 64
     concurrency: PositiveInt = 256
     """Requests in flight to the server. vLLM batches up to 256 sequences by default (128 on a CPU, 1024 on
-    H100-class GPUs); a lower bound here would leave the server's batch part empty (64 in flight, as the LLM
-    stages send, made the eval benchmark ~10% slower than sending all at once). Requests beyond the server's
-    batch wait in its queue, and that wait counts against ``request_timeout_s``."""
+    H100-class GPUs); a lower bound here would leave the server's batch part empty (at 64 in flight, as the LLM
+    stages send, the eval benchmark ran at 0.877 of a client sending all at once; at 256, 1.014: BENCHMARKS.md).
+    Requests beyond the server's batch wait in its queue, and that wait counts against ``request_timeout_s``."""
     request_timeout_s: PositiveFloat = 600.0
     max_retries: NonNegativeInt = 5
     PRESETS: ClassVar = {
