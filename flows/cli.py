@@ -24,7 +24,8 @@ import httpx
 import typer
 from rich.console import Console
 
-from flows.images import cli_build
+from flows.images import cli_build, cli_wheelhouse
+from flows.locks import cli_lock
 from schemas import DEMO_PASSAGES
 from tasks.demo import seed_passages
 from tasks.errors import RnerError
@@ -304,6 +305,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(recipe, name="recipe")
     images = typer.Typer(no_args_is_help=True, help="Container images of the stages and the orchestrator (images/).")
     images.command("build")(cli_build)
+    images.command("lock")(cli_lock)
+    images.command("wheelhouse")(cli_wheelhouse)
     app.add_typer(images, name="images")
     kubernetes = typer.Typer(no_args_is_help=True, help="Kubernetes manifests of stage jobs.")
     kubernetes.command("render")(render_kubernetes)

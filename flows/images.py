@@ -1,16 +1,15 @@
-"""Build the images of images/ offline, from a wheelhouse, tagged by project version and content.
+"""Build the images of images/ offline, from their locks (images/locks/), tagged by project version and content.
 
-    rner images build                                   # vllm, trainer, orchestrator on their production bases
-    rner images build --role vllm --base rner-base:bookworm   # a CPU variant on a local base image (tests)
-    rner images build --role trainer --extras "[train,gpu,vllm]" --wheelhouse /mnt/wheels
+    rner images build                                   # vllm and trainer (CUDA variants), orchestrator
+    rner images build --role vllm --accelerator cpu --base rner-vllm-base:cpu   # a CPU variant (tests)
+    rner images wheelhouse --role trainer --accelerator cuda -o /mnt/wheels      # the wheels alone
 
-A build needs no network inside: the project is built into a wheel (the build context's ``project/``),
-every dependency is collected into ``wheels/`` on this machine (or taken from ``--wheelhouse``), resolved for
-the Python of the base image where it has one (else this machine's), and ``images/install.sh`` installs them
-with ``--no-index`` into ``/opt/rner`` in the image: the dependencies in one layer, the project in the next,
-so that an engine which built one commit's image rebuilds only the project's layer for the next. Wheels are
-downloaded for this machine's platform and Python minor version; images whose Python minor version differs
-take a ``--wheelhouse`` built for them.
+A build needs no network inside: the project is built into a wheel (the build context's ``project/``), the
+variant's locked dependencies are downloaded into ``wheels/`` on this machine (or taken from ``--wheelhouse``)
+for the variant's platform and Python — not this machine's — and ``images/install.sh`` installs them with
+``--no-index`` into ``/opt/rner`` in the image: the dependencies in one layer, the packages built from source
+(flash-attn and DeepSpeed on CUDA: ``sources/``) in the next, the project last, so that an engine which built one
+commit's image rebuilds only the project's layer for the next.
 
 Each image is tagged ``<name>:<version>`` and ``<name>:<version>-<content>``, where content hashes the
 Dockerfile, the install script, the build arguments (the code version among them: an image names the
@@ -20,14 +19,14 @@ give the same tag, and an image whose tag exists already is not built again.
 
 Usage::
 
-    tags = build("vllm", base="rner-base:bookworm")     # ['rner-vllm:0.1.0', 'rner-vllm:0.1.0-3f2a…']
+    tags = build("vllm", accelerator="cpu", base="rner-vllm-base:0.1.0")     # ['rner-vllm:0.1.0', 'rner-vllm:0.1.0-3f2a…']
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -42,16 +41,16 @@ import typer
 from docker.errors import APIError, ContainerError, ImageNotFound
 from filelock import FileLock
 
+from flows.locks import Variant, download_sources, pins, variant_for
 from schemas import canonical_json
 from schemas.jobs import IMAGE_VERSION
 from tasks.errors import RnerError
-from tasks.installer import uv_pip
 from tasks.store import code_version
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 REPO = IMAGES.parent
-EXTRAS = {"vllm": "", "trainer": "[train]", "orchestrator": "[orchestrate]"}
-"""What each image installs by default (the CPU-buildable set; GPU trainers add ``gpu`` and ``vllm``)."""
+ROLES = ("vllm", "trainer", "orchestrator", "vllm-base")
+"""``vllm-base``: the CPU stand-in for the official vLLM image, the base of the CPU ``vllm`` image."""
 
 
 class ImageBuildError(RnerError):
@@ -67,38 +66,53 @@ def _run(command: list[str], what: str) -> None:
     _check(subprocess.run(command, capture_output=True, text=True), what)
 
 
-def collect_wheels(
-    extras: str, context: Path, wheelhouse: Path | None = None, python_version: str | None = None
-) -> None:
-    """The build context's wheels: ``project/`` the project's wheel, ``wheels/`` every dependency (with
-    ``extras``) and ``wheels/requirements.txt`` their pins. Two folders, because they are two image layers:
-    a new commit changes the project's wheel only, and the dependencies' layer is reused.
+def collect_wheels(variant: Variant, context: Path, wheelhouse: Path | None = None) -> None:
+    """The build context's wheels for ``variant``, exactly as its lock (images/locks/) pins them:
+    ``project/`` the project's wheel, ``wheels/`` every binary dependency and ``wheels/requirements.txt`` their
+    pins, ``sources/`` the source distributions the image compiles after torch (``sources/requirements.txt``;
+    empty for CPU variants). Separate folders, because they are separate image layers: a new commit changes the
+    project's wheel only, and the dependencies' layers are reused.
 
-    The pins are resolved for the image's Python (``python_version``; default this one's): environment markers
-    differ between patch releases (redis needs async-timeout below Python 3.11.3 only), so what pip would pick
-    here can miss what the image's interpreter requires. uv resolves for that version, then pip downloads
-    exactly those pins."""
-    project_dir, wheels = context / "project", context / "wheels"
-    project_dir.mkdir(parents=True, exist_ok=True)
-    wheels.mkdir(parents=True, exist_ok=True)
+    Wheels are downloaded for the variant's platform and Python, not this machine's: a CUDA trainer's
+    wheelhouse (Python 3.12, glibc 2.39) is collected here on a CPU machine with Python 3.11."""
+    project_dir, wheels, sources = context / "project", context / "wheels", context / "sources"
+    for folder in (project_dir, wheels, sources):
+        folder.mkdir(parents=True, exist_ok=True)
     # One build of the checkout at a time: setuptools writes build/ and *.egg-info inside it, and two image
     # builds at once (the test fixtures build the trainer and orchestrator images in parallel) break each other.
     with FileLock(Path(tempfile.gettempdir()) / "rner-project-wheel.lock", timeout=1800):
         _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(project_dir), str(REPO)],
              "pip wheel")  # fmt: skip
-    [project] = project_dir.glob("reasoning_ner-*.whl")
-    index = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse is not None else []
-    version = python_version or platform.python_version()
-    wanted = context / "requirements.in"
-    wanted.write_text(f"reasoning-ner{extras} @ {project.as_uri()}\n")
-    pins = wheels / "requirements.txt"
-    compiled = uv_pip("compile", [*index, "--python-version", version, "--no-header", "--no-annotate",
-                                  "-o", str(pins), str(wanted)], sys.executable)  # fmt: skip
-    _check(compiled, f"resolving the dependencies for Python {version}")
-    wanted.unlink()
-    pins.write_text("".join(line for line in pins.read_text().splitlines(True) if "reasoning-ner" not in line))
-    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *index, "-d", str(wheels), "-r", str(pins)],
-         "pip download")  # fmt: skip
+    if not variant.path.exists():
+        raise ImageBuildError(f"no lock {variant.path}: run `rner images lock --variant {variant.name}`")
+    locked = variant.path.read_text()
+    binary = [f"{name}=={version}" for name, version in pins(locked).items() if name not in variant.source_built]
+    (wheels / "requirements.txt").write_text("".join(f"{pin}\n" for pin in binary))
+    # A wheelhouse is a folder of files, or what `rner images wheelhouse` wrote (wheels/ and sources/ in it).
+    index = (
+        ["--no-index", *(f"--find-links={d}" for d in (wheelhouse, wheelhouse / "wheels", wheelhouse / "sources"))]
+        if wheelhouse is not None
+        else []
+    )
+    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:", *index,
+          *target_options(variant), "-d", str(wheels), "-r", str(wheels / "requirements.txt")],
+         f"downloading the wheels of {variant.name}")  # fmt: skip
+    (sources / "requirements.txt").write_text(
+        "".join(f"{p}\n" for p in download_sources(variant, locked, sources, tuple(index)))
+    )
+
+
+def target_options(variant: Variant) -> list[str]:
+    """pip's options selecting the wheels ``variant``'s image can load. pip does not widen ``--platform
+    manylinux_2_39_x86_64`` to the older glibc tags that base also loads (most wheels are manylinux_2_17 or
+    _2_28): every one is named."""
+    arch_tag = variant.pip_platform
+    glibc, arch = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", arch_tag).groups()  # type: ignore[union-attr]
+    platforms = [f"manylinux_2_{m}_{arch}" for m in range(int(glibc), 4, -1)]
+    platforms += [f"manylinux{legacy}_{arch}" for legacy in ("2014", "2010", "1")]
+    minor = "".join(variant.python.split(".")[:2])
+    return [*(f"--platform={p}" for p in platforms), "--python-version", ".".join(variant.python.split(".")[:2]),
+            "--implementation", "cp", "--abi", f"cp{minor}", "--abi", "abi3", "--abi", "none"]  # fmt: skip
 
 
 def python_version_of(image: str) -> str | None:
@@ -126,10 +140,14 @@ def content_hash(context: Path, buildargs: dict[str, str]) -> str:
     parts = {
         "files": {
             name: hashlib.sha256((context / name).read_bytes()).hexdigest()
-            for name in ("Dockerfile", "install.sh", "wheels/requirements.txt")
+            for name in ("Dockerfile", "install.sh", "wheels/requirements.txt", "sources/requirements.txt")
+            if (context / name).exists()
         },
         "args": buildargs,
         "wheels": {w.name: _wheel_digest(w) for w in sorted(context.glob("*/*.whl"))},
+        "sources": {
+            f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(context.glob("sources/*.tar.gz"))
+        },
     }
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:12]
 
@@ -137,26 +155,32 @@ def content_hash(context: Path, buildargs: dict[str, str]) -> str:
 def build(
     role: str,
     *,
+    accelerator: str | None = None,
     base: str | None = None,
-    extras: str | None = None,
     wheelhouse: Path | None = None,
     registry: str = "",
     on_log: Callable[[str], None] = print,
 ) -> list[str]:
-    """Build one image (unless its content tag exists); its tags, ``<version>`` first."""
-    if role not in EXTRAS:
-        raise ImageBuildError(f"no image {role!r} (known: {', '.join(EXTRAS)})")
+    """Build one image (unless its content tag exists) from its variant's lock; its tags, ``<version>`` first.
+
+    ``accelerator`` picks the variant (``cuda`` by default for the vllm and trainer images, whose production bases
+    are CUDA images; the orchestrator has one); ``base`` replaces the variant's production base, and must have
+    the Python minor version the lock was resolved for."""
+    if role not in ROLES:
+        raise ImageBuildError(f"no image {role!r} (known: {', '.join(ROLES)})")
+    variant = variant_for(role, accelerator or ("cpu" if role in ("orchestrator", "vllm-base") else "cuda"))
+    base = base or variant.base
+    _check_python(variant, base)
     client = docker.from_env()
     name = f"{registry.rstrip('/') + '/' if registry else ''}rner-{role}"
-    buildargs = {"EXTRAS": EXTRAS[role] if extras is None else extras, "CODE_VERSION": code_version()}
-    if base is not None:
-        buildargs["BASE"] = base
+    extras = f"[{','.join(variant.extras)}]" if variant.extras else ""
+    buildargs = {"EXTRAS": extras, "CODE_VERSION": code_version(), "BASE": base}
     with tempfile.TemporaryDirectory(prefix=f"rner-image-{role}-") as tmp:
         context = Path(tmp)
         shutil.copy(IMAGES / role / "Dockerfile", context / "Dockerfile")
         shutil.copy(IMAGES / "install.sh", context / "install.sh")
-        on_log(f"{role}: collecting wheels{buildargs['EXTRAS'] and ' ' + buildargs['EXTRAS']}")
-        collect_wheels(buildargs["EXTRAS"], context, wheelhouse, base and python_version_of(base))
+        on_log(f"{role}: collecting the wheels of {variant.name}")
+        collect_wheels(variant, context, wheelhouse)
         tags = [f"{name}:{IMAGE_VERSION}", f"{name}:{IMAGE_VERSION}-{content_hash(context, buildargs)}"]
         try:
             client.images.get(tags[1])
@@ -166,6 +190,18 @@ def build(
             _stream_build(client, context, tags[1], buildargs, on_log)
     client.images.get(tags[1]).tag(tags[0])
     return tags
+
+
+def _check_python(variant: Variant, base: str) -> None:
+    """A base whose Python is another minor version than the lock's would get wheels it cannot load. A base
+    without python3 (a CUDA base installs it in the Dockerfile) or not on the engine yet is not checked."""
+    try:
+        found = python_version_of(base)
+    except docker.errors.ImageNotFound:
+        return
+    wanted = ".".join(variant.python.split(".")[:2])
+    if found is not None and ".".join(found.split(".")[:2]) != wanted:
+        raise ImageBuildError(f"base {base} has Python {found}; the lock {variant.name} is for Python {wanted}")
 
 
 def _stream_build(
@@ -187,12 +223,29 @@ def _stream_build(
 
 
 def cli_build(
-    role: Annotated[list[str] | None, typer.Option(help=f"Image to build (repeatable): {', '.join(EXTRAS)}.")] = None,
-    base: Annotated[str | None, typer.Option(help="BASE image (default: each Dockerfile's production base).")] = None,
-    extras: Annotated[str | None, typer.Option(help='Project extras to install, e.g. "[train,gpu,vllm]".')] = None,
+    role: Annotated[list[str] | None, typer.Option(help=f"Image to build (repeatable): {', '.join(ROLES)}.")] = None,
+    accelerator: Annotated[
+        str | None,
+        typer.Option(help="cpu or cuda: the lock (images/locks/) to install; default cuda (vllm, trainer)."),
+    ] = None,
+    base: Annotated[str | None, typer.Option(help="BASE image (default: the variant's production base).")] = None,
     wheelhouse: Annotated[Path | None, typer.Option(help="Take every wheel from here (no index).")] = None,
     registry: Annotated[str, typer.Option(help="Prefix of the image names, e.g. registry.example.com/ml.")] = "",
 ) -> None:
     """Build the images (offline inside: wheels are collected here first); prints their tags as JSON."""
-    tags = {r: build(r, base=base, extras=extras, wheelhouse=wheelhouse, registry=registry) for r in role or EXTRAS}
+    tags = {
+        r: build(r, accelerator=accelerator, base=base, wheelhouse=wheelhouse, registry=registry) for r in role or ROLES
+    }
     print(json.dumps(tags))
+
+
+def cli_wheelhouse(
+    role: Annotated[str, typer.Option(help=f"The image: {', '.join(ROLES)}.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to fill (project/, wheels/, sources/).")],
+    accelerator: Annotated[str, typer.Option(help="cpu or cuda: the lock (images/locks/) to download.")] = "cuda",
+) -> None:
+    """Download an image's build context wheels (its lock, for its platform) without building: for an engine
+    elsewhere (`rner images build --wheelhouse`), or to check that every pinned file exists."""
+    collect_wheels(variant_for(role, accelerator), output)
+    sizes = {folder: sum(f.stat().st_size for f in (output / folder).iterdir()) for folder in ("wheels", "sources")}
+    print(json.dumps({"output": str(output), "bytes": sizes}))

@@ -61,11 +61,16 @@ def uv_options(settings: dict[str, list[str]]) -> tuple[list[str], dict[str, str
     return args, env
 
 
-def uv_pip(command: str, args: list[str], python: str) -> subprocess.CompletedProcess[str]:
-    """``uv pip COMMAND --python PYTHON [pip's settings, for install and compile] ARGS``, output captured."""
+def uv_pip(
+    command: str, args: list[str], python: str, *, ignore: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``uv pip COMMAND --python PYTHON [pip's settings, for install and compile] ARGS``, output captured.
+    ``ignore``: pip settings not passed on (a CUDA environment's resolution ignores the find-links that hold
+    torch's CPU build)."""
     from uv import find_uv_bin
 
-    options, env = uv_options(pip_config()) if command in ("install", "compile") else ([], {})
+    settings = {k: v for k, v in pip_config().items() if k not in ignore}
+    options, env = uv_options(settings) if command in ("install", "compile") else ([], {})
     if command == "install":
         # As pip does (uv does not by default): where PYTHONDONTWRITEBYTECODE is set (CI machines, this one),
         # nothing compiles later, and every process would compile every module it imports, every time.

