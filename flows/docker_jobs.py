@@ -12,6 +12,9 @@ interpreter. What it gets:
 - the store: ``RNER_STORE``; a local-directory store is bind-mounted at its own path; for S3 the
   variables named in ``backend.forward_env`` (endpoint, credentials) are copied from the orchestrator's
   environment when the container is created — never written into a config or a log;
+- ``RNER_HOME`` (``/var/lib/rner``: the model cache, ``HF_HOME``, the training work directories and their
+  checkpoints) on ``backend.home_volume``, a named volume or a host directory, rather than in the
+  container's writable layer (see ``schemas.jobs``); ``RNER_HOME`` and ``HF_HOME`` are set to match;
 - the orchestrator's uid:gid, so files it writes into a mounted store belong to the user.
 
 Its stderr is streamed line by line to ``on_line`` while it runs; its stdout is read at the end (the last
@@ -38,7 +41,7 @@ from docker.types import DeviceRequest, Mount
 
 from flows.jobs import JobFailed, stage_command
 from schemas import Config, Endpoint, config_hash
-from schemas.jobs import DockerJob, image_role, wants_gpus
+from schemas.jobs import CONTAINER_HF_HOME, CONTAINER_HOME, DockerJob, image_role, wants_gpus
 from tasks.store import Store
 
 LABEL = "io.reasoning-ner.job"
@@ -67,14 +70,26 @@ def _mount(spec: str) -> Mount:
     return Mount(target=target, source=source, type="bind", read_only=mode == ["ro"])
 
 
+def home_mounts(backend: DockerJob) -> list[Mount]:
+    """``backend.home_volume`` at the images' ``RNER_HOME``: a host directory (an absolute path) or a named
+    volume, which the engine creates on first use from the image's directory (permissions included)."""
+    source = backend.home_volume
+    if source is None:
+        return []
+    return [Mount(target=CONTAINER_HOME, source=source, type="bind" if source.startswith("/") else "volume")]
+
+
 def container_spec(
     stage: str, config: Config, store: Store, backend: DockerJob, *, endpoint: Endpoint | None = None
 ) -> dict[str, Any]:
     """The keyword arguments of ``containers.create`` for this stage (environment values included)."""
     command = stage_command(stage, config, store, backend.python, endpoint)
     forwarded = {name: os.environ[name] for name in backend.forward_env if name in os.environ}
-    environment = {**forwarded, **backend.env, "RNER_STORE": store.url, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
-    mounts = [_mount(m) for m in backend.mounts]
+    home = {"RNER_HOME": CONTAINER_HOME, "HF_HOME": CONTAINER_HF_HOME}  # where home_mounts puts the volume
+    environment = {
+        **forwarded, **home, **backend.env, "RNER_STORE": store.url, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"
+    }  # fmt: skip
+    mounts = [*home_mounts(backend), *(_mount(m) for m in backend.mounts)]
     if not store.url.startswith("s3://"):
         mounts.append(Mount(target=store.url, source=store.url, type="bind"))
     return {

@@ -19,7 +19,7 @@ give the same tag, and an image whose tag exists already is not built again.
 
 Usage::
 
-    tags = build("vllm", accelerator="cpu", base="rner-vllm-base:0.1.0")     # ['rner-vllm:0.1.0', 'rner-vllm:0.1.0-3f2a…']
+    tags = build("vllm", accelerator="cpu", base="rner-vllm-base:0.1.0")  # ['rner-vllm:0.1.0', 'rner-vllm:0.1.0-3f2a…']
 """
 
 from __future__ import annotations

@@ -32,7 +32,11 @@ pods restart together; the stage resumes from its checkpoints). The JobSet contr
 than a stage failing later without credentials; set ``env_secret: null`` to run without). ``/dev/shm`` is a
 memory ``emptyDir`` of ``backend.shm_size`` (NCCL and data loaders need more than the runtime's 64 MB);
 ``backend.volumes`` are PersistentVolumeClaims mounted at their paths; a local-directory store must be on
-one of them, or ``JobFailed`` says the pods could not see it. CPU and memory are requests = limits when set.
+one of them, or ``JobFailed`` says the pods could not see it. ``RNER_HOME`` (``/var/lib/rner``: the model
+cache and ``HF_HOME``) is the claim ``backend.cache_claim``, else an ``emptyDir`` of ``backend.cache_size``;
+a training stage's work directories and checkpoints (``RNER_HOME/runs``) are the pod's own ``emptyDir`` of
+``backend.work_size`` (or an ephemeral claim of ``backend.work_storage_class``), never in the container's
+writable layer (see ``schemas.jobs``). CPU and memory are requests = limits when set.
 Labels: ``app.kubernetes.io/name: reasoning-ner``, ``app.kubernetes.io/instance: <job name>``,
 ``rner.stage: <stage>``. Names: ``rner-<stage>-<8 hex of the config hash>-<5 random>``.
 
@@ -73,8 +77,16 @@ from kubernetes import config as kube_config
 from kubernetes.client import ApiException
 
 from flows.jobs import LOG_TAIL, JobFailed, stage_command
-from schemas import STAGE_CONFIGS, Config, Endpoint, GRPOConfig, SFTConfig, config_hash
-from schemas.jobs import KubernetesJob, image_role, nodes, wants_gpus
+from schemas import STAGE_CONFIGS, Config, Endpoint, GRPOConfig, SFTConfig, TrainConfig, config_hash
+from schemas.jobs import (
+    CONTAINER_HF_HOME,
+    CONTAINER_HOME,
+    CONTAINER_WORK,
+    KubernetesJob,
+    image_role,
+    nodes,
+    wants_gpus,
+)
 from tasks.config import load_config
 from tasks.store import Store
 
@@ -156,6 +168,41 @@ def _check_reachable(store: Store, backend: KubernetesJob, endpoint: Endpoint | 
             )
 
 
+HOME_VOLUME = "rner-home"
+WORK_VOLUME = "rner-work"
+
+
+def home_volumes(config: Config, backend: KubernetesJob) -> list[tuple[client.V1Volume, client.V1VolumeMount]]:
+    """The model cache at ``RNER_HOME`` and, for a training stage, its work directories at ``RNER_HOME/runs``,
+    mounted after the cache they sit in."""
+    volumes = [(_cache_volume(backend), CONTAINER_HOME)]
+    if isinstance(config, TrainConfig):
+        volumes.append((_work_volume(backend), CONTAINER_WORK))
+    return [(volume, client.V1VolumeMount(name=volume.name, mount_path=path)) for volume, path in volumes]
+
+
+def _cache_volume(backend: KubernetesJob) -> client.V1Volume:
+    """``backend.cache_claim``, shared by every pod that mounts it, else an ``emptyDir`` of ``cache_size``."""
+    if backend.cache_claim:
+        claim = client.V1PersistentVolumeClaimVolumeSource(claim_name=backend.cache_claim)
+        return client.V1Volume(name=HOME_VOLUME, persistent_volume_claim=claim)
+    return client.V1Volume(name=HOME_VOLUME, empty_dir=client.V1EmptyDirVolumeSource(size_limit=backend.cache_size))
+
+
+def _work_volume(backend: KubernetesJob) -> client.V1Volume:
+    """The pod's own volume of ``work_size``: a claim of ``work_storage_class`` made and deleted with the pod
+    (a generic ephemeral volume), else an ``emptyDir`` on the node's disk."""
+    if not backend.work_storage_class:
+        return client.V1Volume(name=WORK_VOLUME, empty_dir=client.V1EmptyDirVolumeSource(size_limit=backend.work_size))
+    spec = client.V1PersistentVolumeClaimSpec(
+        access_modes=["ReadWriteOnce"],
+        storage_class_name=backend.work_storage_class,
+        resources=client.V1VolumeResourceRequirements(requests={"storage": backend.work_size}),
+    )
+    template = client.V1PersistentVolumeClaimTemplate(spec=spec)
+    return client.V1Volume(name=WORK_VOLUME, ephemeral=client.V1EphemeralVolumeSource(volume_claim_template=template))
+
+
 def _pod_template(
     stage: str,
     config: Config,
@@ -170,7 +217,8 @@ def _pod_template(
     command = stage_command(stage, config, store, backend.python, endpoint)
     # Ours win over backend.env: the stage must write where the flow reads. Progress reaches the flow as
     # progress lines (TQDM bars would flood the log); unbuffered output keeps stdout and stderr in order.
-    env = {**backend.env, "RNER_STORE": store.url, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+    home = {"RNER_HOME": CONTAINER_HOME, "HF_HOME": CONTAINER_HF_HOME}  # where home_volumes mounts the cache
+    env = {**home, **backend.env, "RNER_STORE": store.url, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
     if wants_gpus(stage, config) and backend.gpus:
@@ -184,6 +232,9 @@ def _pod_template(
         )
     ]
     mounts = [client.V1VolumeMount(name="shm", mount_path="/dev/shm")]
+    for volume, mount in home_volumes(config, backend):
+        volumes.append(volume)
+        mounts.append(mount)
     for i, (claim, path) in enumerate(backend.volumes.items()):
         volumes.append(
             client.V1Volume(

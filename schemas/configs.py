@@ -16,6 +16,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, SecretStr, model_validator
@@ -28,6 +29,9 @@ DEFAULT_MODEL = "default"
 PAPER_BACKBONE = "Qwen/Qwen3-8B-Base"
 PAPER_TEACHER = "deepseek-ai/DeepSeek-R1"
 PAPER_JUDGE = "Qwen/Qwen3-32B"
+PAPER_COT_EXAMPLES = 45_787
+"""The NER-CoT examples the paper trains CT on (its judge kept them at score >= 9). The presets carry no
+dataset size for SFT (the CoT dataset is made by CG); the RE size is ``SampleConfig``'s ``total`` (4,703)."""
 
 
 class Endpoint(Config):
@@ -276,6 +280,10 @@ class TrainConfig(Config):
     (``bf16`` on CUDA, ``liger_kernel``, ``flash_attention``, ``deepspeed_zero``) are refused with an error
     on hardware that lacks them, never silently dropped. ``resume`` continues from the newest checkpoint
     this output has in the store (``<address>/_checkpoints/``); checkpoints are written every ``save_steps``.
+
+    ``parallel`` is volatile: the same global batch on another number of processes trains the same model, so
+    it keeps the output's address. A checkpoint is another matter (ZeRO-3 shards the optimizer state per
+    process): it resumes only with the world size that wrote it, and the stage refuses any other.
     """
 
     VOLATILE = frozenset({"logging_steps", "save_steps", "parallel", "per_device_batch_size", "resume"})
@@ -294,7 +302,11 @@ class TrainConfig(Config):
     deepspeed_zero: Literal[0, 2, 3] = 0
     seed: int = 42
     logging_steps: PositiveInt = 10
-    save_steps: PositiveInt = 500
+    save_steps: PositiveInt | None = 500
+    """Store a checkpoint every this many optimizer steps; ``None``: never (runs short enough to redo). A run
+    shorter than ``save_steps`` would never checkpoint and lose everything to a failure: the stage refuses it
+    when training starts (by the trainer's own count of steps; ``total_steps`` estimates it beforehand), so
+    pick a value that checkpoints a few times per run."""
     resume: bool = True
     parallel: Parallelism = Parallelism()
 
@@ -320,6 +332,21 @@ class TrainConfig(Config):
     @property
     def gradient_accumulation_steps(self) -> int:
         return self.global_batch_size // (self.per_device_batch_size * self.parallel.world_size)
+
+    @property
+    def sequences_per_example(self) -> int:
+        """What one training example adds to ``global_batch_size``: one sequence (SFT, without packing)."""
+        return 1
+
+    def total_steps(self, examples: int) -> int:
+        """The optimizer steps of a run over ``examples`` training examples: ``max_steps`` if set, else
+        ``epochs`` passes of ``global_batch_size`` sequences each step, as the HF trainer counts them (up to the
+        rounding of the last micro-batch of each process). Packing makes fewer, longer SFT sequences, hence
+        fewer steps; the stage checks ``save_steps`` against the trainer's own count."""
+        if self.max_steps:
+            return self.max_steps
+        per_epoch = math.ceil(examples * self.sequences_per_example / self.global_batch_size)
+        return math.ceil(self.epochs * per_epoch)
 
 
 class SFTConfig(TrainConfig):
@@ -353,10 +380,13 @@ class SFTConfig(TrainConfig):
             "flash_attention": True,
             "deepspeed_zero": 3,
             "parallel": {"processes_per_node": 8},
+            # 45,787 examples x 5 epochs / 256 = 895 steps: a checkpoint every 150 stores five of them.
+            "save_steps": 150,
         },
         "smoke": {
             "dataset": "datasets/ner-cot",
             "max_steps": 4,
+            "save_steps": None,  # four steps on a CPU: a failed run simply runs again
             "learning_rate": 5e-5,
             "global_batch_size": 4,
             "per_device_batch_size": 2,
@@ -516,17 +546,25 @@ class GRPOConfig(TrainConfig):
             "gradient_checkpointing": True,
             "deepspeed_zero": 3,
             "parallel": {"processes_per_node": 6},
+            # 4,703 prompts x 16 completions / 384 = 196 steps: a checkpoint every 40 stores four of them.
+            "save_steps": 40,
         },
         "smoke": {
             "dataset": "datasets/re",
             "num_generations": 4,
             "max_steps": 2,
+            "save_steps": None,  # two steps on a CPU: a failed run simply runs again
             "global_batch_size": 4,
             "per_device_batch_size": 4,
             "max_completion_length": 48,
             "logging_steps": 1,
         },
     }
+
+    @property
+    def sequences_per_example(self) -> int:
+        """Each prompt makes ``num_generations`` completions; ``global_batch_size`` counts completions."""
+        return self.num_generations
 
     def batch_units(self) -> list[tuple[int, str]]:
         group = f"num_generations ({self.num_generations}): each prompt's completions form one group"

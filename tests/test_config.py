@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas import STAGE_CONFIGS, SFTConfig
+from schemas import STAGE_CONFIGS, GRPOConfig, PipelineConfig, SampleConfig, SFTConfig, TrainConfig
+from schemas.configs import PAPER_COT_EXAMPLES
 from tasks.config import ConfigError, dump_config, load_config
 
 
@@ -78,3 +79,32 @@ def test_preset_shorthand_works_nested_and_in_plain_dicts() -> None:
     assert config.annotate.sampling.temperature == 0.6 and config.annotate.shard_size == 32
     assert config.judge.sampling.temperature == 0.0  # no preset: the defaults
     assert CGConfig.model_validate({"preset": None, "input": "raw/x"}) == CGConfig(input="raw/x")
+
+
+PAPER_EXAMPLES: dict[type[TrainConfig], int] = {
+    SFTConfig: PAPER_COT_EXAMPLES,  # the paper's 45,787 NER-CoT examples (no preset field holds it)
+    GRPOConfig: SampleConfig.preset("paper").total,  # the RE sample's size, 4,703
+}
+
+
+def paper_training_configs() -> list[TrainConfig]:
+    """Every paper preset that trains: the stages' own and the pipeline's."""
+    stages = [cls.preset("paper") for cls in STAGE_CONFIGS.values() if issubclass(cls, TrainConfig)]
+    pipeline = PipelineConfig.preset("paper")
+    return [*stages, pipeline.sft, pipeline.grpo]
+
+
+@pytest.mark.parametrize("config", paper_training_configs(), ids=lambda c: type(c).__name__)
+def test_paper_presets_checkpoint_several_times_per_run(config: TrainConfig) -> None:
+    """A paper run takes hours on 8 GPUs: it must store checkpoints along the way, not once at the end (or never:
+    GRPO's 196 steps under save_steps 500)."""
+    steps = config.total_steps(PAPER_EXAMPLES[type(config)])
+    assert steps == {SFTConfig: 895, GRPOConfig: 196}[type(config)]  # 45,787 x 5 / 256; 4,703 x 16 / 384
+    assert config.save_steps is not None and steps // config.save_steps >= 3
+
+
+def test_total_steps_count_optimizer_steps() -> None:
+    sft = SFTConfig(dataset="d", global_batch_size=8, epochs=2)
+    assert sft.total_steps(20) == 2 * 3 and sft.model_copy(update={"max_steps": 5}).total_steps(20) == 5
+    grpo = GRPOConfig(dataset="d", num_generations=4, global_batch_size=8, epochs=1.5)
+    assert grpo.total_steps(10) == 8  # 40 completions, 5 steps an epoch, one and a half epochs

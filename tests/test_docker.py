@@ -26,6 +26,7 @@ from fault_server import FaultServer, sequence, stall
 from prefect import flow
 from prefect_runs import logs, task_runs
 from test_cg_run import seed, smoke
+from test_images import INSTALL_STEP
 
 from flows.cg import cg
 from flows.cli import interruptible
@@ -40,7 +41,6 @@ from tasks.jsonl import read_jsonl
 from tasks.store import Published, Store, code_version
 
 pytestmark = pytest.mark.slow
-INSTALL_STEP = r"sh /tmp/install\.sh (\w+)"
 
 
 def _backend(image: str) -> DockerJob:
@@ -290,15 +290,13 @@ def test_cancelling_the_flow_removes_its_container(
 
 
 def test_another_commit_rebuilds_only_the_project_layer(
-    docker_engine: object, vllm_image: str, monkeypatch: pytest.MonkeyPatch
+    docker_engine: object, vllm_image: str, vllm_base_image: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What an engine that built one commit's images pays for the next: the project's layer, not the dependencies.
-    from conftest import BASE_IMAGE
-
     from flows import images
 
     monkeypatch.setattr(images, "code_version", lambda: "0.1.0+gnext")
-    version, tag = images.build("vllm", base=BASE_IMAGE, on_log=lambda line: None)
+    version, tag = images.build("vllm", accelerator="cpu", base=vllm_base_image, on_log=lambda line: None)
     try:
         assert tag != vllm_image
         layers = {  # each image's install steps (RUN sh /tmp/install.sh STEP): their layers
@@ -307,6 +305,7 @@ def test_another_commit_rebuilds_only_the_project_layer(
             for history in [docker_engine.images.get(image).history()]  # type: ignore[attr-defined]
         }
         assert layers[tag]["dependencies"] == layers[vllm_image]["dependencies"]
+        assert layers[tag]["sources"] == layers[vllm_image]["sources"]
         assert layers[tag]["project"] != layers[vllm_image]["project"]
     finally:
         docker_engine.images.get(vllm_image).tag(version)  # type: ignore[attr-defined]

@@ -10,6 +10,9 @@ group has unequal rewards.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +61,108 @@ def test_rollout_server_command_and_its_requirements(monkeypatch: pytest.MonkeyP
         pytest.fail("no server without its GPUs")
     with pytest.raises(ValueError, match="rollout_gpus > 0 goes with rollout: server"):
         GRPOConfig.preset("paper", rollout="colocate")
+
+
+ROLLOUT_WORKER = """\
+import json, os, socket, subprocess, sys
+from contextlib import contextmanager
+
+# A torch.distributed world of its own, as vLLM's workers make one: on a free port, one process, 5 s to connect.
+OWN_WORLD = (
+    "import datetime, sys, torch.distributed as d; d.init_process_group('gloo', init_method=sys.argv[1], rank=0, "
+    "world_size=1, timeout=datetime.timedelta(seconds=5))"
+)
+
+
+def starts_its_own_world(env):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-c", OWN_WORLD, f"tcp://127.0.0.1:{port}"]
+    return subprocess.run(command, env=env, capture_output=True, timeout=300).returncode == 0
+
+
+if os.environ["RANK"] == "0":  # the process that starts the server (tasks.grpo.run)
+    from schemas import GRPOConfig
+    from tasks import grpo
+
+    started = []
+
+    @contextmanager
+    def run_server(command, env, **kwargs):
+        started.append({"command": command, "env": env})
+        yield
+
+    grpo.run_server = run_server
+    with grpo.rollout_server(GRPOConfig.preset("paper"), "/models/ct") as url:
+        pass
+    seen = {"worker": dict(os.environ), "url": url, **started[0]}
+    if sys.argv[2:] == ["own-world"]:
+        seen["own_world"] = {"server": starts_its_own_world(seen["env"]), "worker": starts_its_own_world(os.environ)}
+    with open(sys.argv[1], "w") as out:
+        json.dump(seen, out)
+"""
+
+
+def rollout_server_under_torchrun(tmp_path: Path, *args: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """(the environment torchrun's workers start from, what the first of 2 workers saw: its environment, the
+    rollout server's command and environment), as the launcher runs GRPO; ``own-world``: and whether a
+    torch.distributed world of its own starts in the server's environment and in the worker's."""
+    script, result = tmp_path / "worker.py", tmp_path / "server.json"
+    script.write_text(ROLLOUT_WORKER)
+    parent = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # torchrun sets it for 2 processes
+    parent |= {"HF_HOME": "/cache/hf", "AWS_SECRET_ACCESS_KEY": "secret", ROLLOUT_GPUS_ENV: "6,7"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run([*torchrun, str(script), str(result), *args], env=parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return parent, json.loads(result.read_text())
+
+
+def test_the_rollout_server_gets_the_workers_environment_without_torchruns(tmp_path: Path) -> None:
+    """``trl vllm-serve`` started from a real torchrun worker: none of what torchrun set for the trainers
+    (TORCHELASTIC_USE_AGENT_STORE=True, RANK, MASTER_PORT, ...) reaches it; the rest does."""
+    parent, seen = rollout_server_under_torchrun(tmp_path)
+    added = {k for k, v in seen["worker"].items() if parent.get(k) != v}  # what torchrun set in the worker
+    assert {
+        "TORCHELASTIC_USE_AGENT_STORE",
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "MASTER_PORT",
+        "OMP_NUM_THREADS",
+    } <= added
+    env = seen["env"]
+    assert {k: env[k] for k in added if k in env} == {}
+    assert env["CUDA_VISIBLE_DEVICES"] == "6,7"  # the rollout GPUs, not the trainers'
+    kept = ("HF_HOME", "AWS_SECRET_ACCESS_KEY", "PATH")
+    assert {k: env[k] for k in kept} == {k: parent[k] for k in kept}
+    assert seen["command"][:3] == [sys.executable, "-m", "trl.scripts.vllm_serve"]
+    assert seen["url"] == f"http://127.0.0.1:{seen['command'][seen['command'].index('--port') + 1]}"
+
+
+@pytest.mark.slow
+def test_in_the_workers_environment_a_world_of_its_own_never_starts(tmp_path: Path) -> None:
+    """Why: with torchrun's TORCHELASTIC_USE_AGENT_STORE=True, torch.distributed's tcp:// rendezvous connects to
+    its store as a client, expecting torchrun's agent to host it; vLLM's workers would wait there forever (5 s
+    here). In the rollout server's environment the same world starts at once."""
+    _, seen = rollout_server_under_torchrun(tmp_path, "own-world")
+    assert seen["own_world"] == {"server": True, "worker": False}
+
+
+def test_rollout_env_drops_every_torchrun_variable() -> None:
+    worker = {
+        "PATH": "/usr/bin", "HF_HOME": "/var/lib/rner/hf", "NCCL_DEBUG": "INFO", ROLLOUT_GPUS_ENV: "6,7",
+        "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "6",
+        "LOCAL_WORLD_SIZE": "6", "GROUP_RANK": "0", "ROLE_RANK": "0", "MASTER_ADDR": "node0", "MASTER_PORT": "29500",
+        "OMP_NUM_THREADS": "1", "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RUN_ID": "abc",
+        "TORCHELASTIC_ERROR_FILE": "/tmp/error.json", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    }  # fmt: skip
+    assert grpo.rollout_env(worker) == {
+        "PATH": "/usr/bin", "HF_HOME": "/var/lib/rner/hf", "NCCL_DEBUG": "INFO", ROLLOUT_GPUS_ENV: "6,7",
+        "CUDA_VISIBLE_DEVICES": "6,7",
+    }  # fmt: skip
+    with pytest.raises(TrainError, match="rollout: server needs its GPUs in RNER_ROLLOUT_GPUS"):
+        grpo.rollout_env({"PATH": "/usr/bin"})
 
 
 @pytest.mark.slow

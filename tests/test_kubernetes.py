@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -36,8 +36,10 @@ from flows.kubernetes_jobs import (
     verdict,
 )
 from schemas import AnnotateConfig, Config, SFTConfig, ValidateConfig, config_hash
-from schemas.jobs import KubernetesJob, Toleration
+from schemas.jobs import WORK_DIR, KubernetesJob, Toleration
 from tasks.launch import plan
+from tasks.models import default_model_dir
+from tasks.settings import Settings
 from tasks.store import Store
 
 K8S = kubernetes_validate.latest_version()
@@ -199,6 +201,63 @@ def test_a_local_store_must_be_on_a_volume(tmp_path: Path) -> None:
         manifests("validate", ValidateConfig(input="x"), store, KubernetesJob(volumes={"c": str(tmp_path / "st")}))
     [job] = manifests("validate", ValidateConfig(input="x"), store, KubernetesJob(volumes={"c": str(tmp_path)}))
     validate_strictly(job)
+
+
+def stage_pod(stage: str, config: Config, store: Store, backend: KubernetesJob) -> dict[str, Any]:
+    """The (strictly valid) pod spec that runs ``stage``: a Job's, or a JobSet node's."""
+    [manifest] = manifests(stage, config, store, backend)
+    job = node_job(manifest) if manifest["kind"] == "JobSet" else manifest
+    validate_strictly(job)
+    return pod_spec_of_job(job)
+
+
+def volume_at(pod: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The volume mounted at ``path`` in the stage container (without its name), if any."""
+    [container] = pod["containers"]
+    names = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == path]
+    volumes = {v.pop("name"): v for v in json.loads(json.dumps(pod["volumes"]))}
+    return volumes[names[0]] if names else None
+
+
+@pytest.mark.parametrize(
+    ("stage", "config"),
+    [
+        ("sft", SFTConfig.preset("paper", dataset="datasets/ner-cot/v1")),
+        ("sft", sft_2_nodes()),
+        ("annotate", AnnotateConfig.preset("paper", input="raw/passages/x")),
+    ],
+)
+def test_checkpoints_and_model_caches_are_on_volumes(stage: str, config: Config, s3: Store) -> None:
+    """Not in the container's writable layer: an 8B run writes 100+ GB per checkpoint there, and the model
+    cache tens of GB. By default emptyDirs with a size limit; a claim for the cache, an ephemeral claim per pod
+    for the work directories (never shared by the nodes of a JobSet) when configured."""
+    pod = stage_pod(stage, config, s3, KubernetesJob())
+    [container] = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (env["RNER_HOME"], env["HF_HOME"]) == ("/var/lib/rner", "/var/lib/rner/hf")
+    settings = Settings(RNER_HOME=env["RNER_HOME"])  # type: ignore[call-arg]
+    for path in (default_model_dir(settings), PurePosixPath(env["HF_HOME"]) / "hub"):  # models, hub downloads
+        assert PurePosixPath(path).is_relative_to("/var/lib/rner")
+    assert volume_at(pod, "/var/lib/rner") == {"emptyDir": {"sizeLimit": "200Gi"}}
+    training = stage == "sft"
+    work = volume_at(pod, f"/var/lib/rner/{WORK_DIR}")  # the stage's checkpoints: settings.home_dir / WORK_DIR
+    assert work == ({"emptyDir": {"sizeLimit": "300Gi"}} if training else None)
+
+    backend = KubernetesJob(cache_claim="rner-models", work_size="1Ti", work_storage_class="local-nvme")
+    pod = stage_pod(stage, config, s3, backend)
+    assert volume_at(pod, "/var/lib/rner") == {"persistentVolumeClaim": {"claimName": "rner-models"}}
+    claim = {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-nvme"}
+    claim["resources"] = {"requests": {"storage": "1Ti"}}
+    per_pod = {"ephemeral": {"volumeClaimTemplate": {"spec": claim}}}
+    assert volume_at(pod, f"/var/lib/rner/{WORK_DIR}") == (per_pod if training else None)
+
+
+def test_the_home_volumes_paths_are_not_for_other_claims() -> None:
+    with pytest.raises(ValueError, match=r"volumes: c at /var/lib/rner/runs: the model cache and the work"):
+        KubernetesJob(volumes={"c": "/var/lib/rner/runs"})
+    KubernetesJob(volumes={"c": "/var/lib/rner/store"})  # a local store under RNER_HOME is fine
+    with pytest.raises(ValueError, match="work_size"):
+        KubernetesJob(work_size="lots")
 
 
 def test_a_loopback_endpoint_is_refused(s3: Store) -> None:

@@ -17,14 +17,23 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from schemas import CoTRecord, NERExample, SFTConfig
+from schemas import CoTRecord, NERExample, SFTConfig, config_hash
 from tasks import sft
 from tasks.demo import load_demo
 from tasks.models import MODEL_PREFIX, resolve_model
 from tasks.prompts import ner_messages, render_prompt
 from tasks.settings import Settings
 from tasks.store import NotPublished, Published, Store
-from tasks.train_stage import OPTIONAL_PACKAGES, Device, TrainError, hardware_problems, screen
+from tasks.train_stage import (
+    OPTIONAL_PACKAGES,
+    Device,
+    TrainError,
+    TrainingRun,
+    check_save_steps,
+    check_world_size,
+    hardware_problems,
+    screen,
+)
 
 EVERYTHING = frozenset(OPTIONAL_PACKAGES)
 H100 = Device(cuda=True, bf16=True, capability=(9, 0), packages=EVERYTHING)
@@ -187,6 +196,7 @@ def test_resume_continues_from_the_last_checkpoint(
     [address] = {p.split("/_checkpoints/")[0] for p in store.list("models/ct/sft")}
     names = {p.removeprefix(f"{address}/") for p in store.list(address)}
     assert "_checkpoints/checkpoint-2.json" in names and "manifest.json" not in names  # stored, not published
+    assert json.loads(store.get(f"{address}/_checkpoints/checkpoint-2.json"))["world_size"] == 1
 
     steps: list[int] = []
     resumed = sft.run(config, store, progress=lambda done, total: steps.append(done), settings=train_settings)
@@ -197,6 +207,64 @@ def test_resume_continues_from_the_last_checkpoint(
     assert losses(log_history, store, resumed) == losses(log_history, training_data.store, reference)
     ours, theirs = model_weights(store, resumed), model_weights(training_data.store, reference)
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+def test_a_checkpoint_resumes_only_with_the_world_size_that_wrote_it() -> None:
+    where = "s3://b/models/ct/sft/abc/_checkpoints"
+    check_world_size({"step": 100, "world_size": 8, "files": []}, 8, where)
+    check_world_size({"step": 100, "files": []}, 16, where)  # written before world sizes were recorded
+    message = (
+        f"cannot resume {where}/checkpoint-100: it was written by 8 process(es) and this run has 16; "
+        "run it with 8 (parallel: num_nodes x processes_per_node), or set resume: false to start over"
+    )
+    with pytest.raises(TrainError) as refused:
+        check_world_size({"step": 100, "world_size": 8, "files": []}, 16, where)
+    assert str(refused.value) == message
+
+
+@pytest.mark.slow
+def test_resuming_with_another_world_size_is_refused(
+    training_data: Any,
+    sft_smoke: Callable[..., SFTConfig],
+    tiny_model: Path,
+    train_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """``parallel`` is not part of the address: a run on 1 process finds the checkpoint of the same run on 2
+    (simulated here by its listing: the refusal comes before any file is fetched) and must not resume it."""
+    store = Store(tmp_path / "store")
+    training_data.publish(store)
+    config = sft_smoke(model=str(tiny_model), save_steps=2)
+    wider = config.model_copy(update={"parallel": config.parallel.model_copy(update={"processes_per_node": 2})})
+    assert config_hash(wider) == config_hash(config)  # the same output address
+    address = TrainingRun.open(
+        config, store, stage="sft", kinds=("cot", "ner"), prefix="models/ct", settings=train_settings
+    ).out.address
+    listing = {"step": 2, "world_size": 2, "files": []}
+    store.put(f"{address}/_checkpoints/checkpoint-2.json", json.dumps(listing).encode())
+    with pytest.raises(TrainError, match=r"cannot resume .*/checkpoint-2: it was written by 2 process\(es\) and this"):
+        sft.run(config, store, settings=train_settings)
+    sft.run(config.model_copy(update={"resume": False}), store, settings=train_settings)  # starting over is fine
+
+
+def test_save_steps_beyond_the_run_are_warned_about() -> None:
+    assert check_save_steps(40, 196) is None
+    assert check_save_steps(196, 196) is None
+    assert check_save_steps(None, 4) is None
+    warning = check_save_steps(500, 196)
+    assert warning is not None and "save_steps 500 is more than this run's 196 optimizer steps" in warning
+
+
+@pytest.mark.slow
+def test_a_run_that_would_never_checkpoint_is_warned_about_when_training_starts(
+    training_data: Any, sft_smoke: Callable[..., SFTConfig], tiny_model: Path, train_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    config = sft_smoke(model=str(tiny_model), save_steps=5)  # four steps
+    with caplog.at_level(logging.WARNING, logger="rner.train"):
+        published = sft.run(config, training_data.store, settings=train_settings)
+    assert published.manifest.kind == "model"
+    assert "save_steps 5 is more than this run's 4 optimizer steps" in caplog.text
 
 
 # --- GPU: the paper's options on a real GPU -----------------------------------------------------------
