@@ -6,6 +6,13 @@ through manifests and name them by digest (sha256 of the manifest file's bytes),
 exact. Where an output lives is a function of the producing stage, its config hash and its inputs'
 digests (``output_address``): running the same stage on the same inputs finds the finished output.
 
+A manifest is *sealed*: ``seal`` is the sha256 of its own JSON without the seal (``seal_digest``), set by
+``tasks.store`` when it writes one and checked whenever one is read, so an edit that leaves valid JSON is
+still caught. ``writer`` is a random token of the one ``publish`` call that wrote it: a writer whose reply was
+lost recognises its own manifest. ``content_digest`` names what an output *is* (kind, stage, config hash,
+inputs, files), whatever its address, version number, stats or creation time: versioned datasets publish one
+version per content.
+
 Usage::
 
     address = output_address("validate", config_hash(cfg), [raw.digest])
@@ -14,8 +21,10 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Literal, Self
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, AwareDatetime, Field, JsonValue, NonNegativeInt, model_validator
 
@@ -79,6 +88,11 @@ class Manifest(Record):
     files: Seq[FileEntry]
     stats: dict[str, JsonValue] = Field(default_factory=dict)
     created_at: AwareDatetime
+    writer: Name | None = None
+    """A random token of the ``publish`` call that wrote this manifest (``None`` for a manifest being built)."""
+    seal: Sha256 | None = None
+    """sha256 of the canonical JSON of every other field as written (``seal_digest``); ``None`` only before it
+    is written. Readers check it (``tasks.store``)."""
 
     @model_validator(mode="after")
     def _unique_paths(self) -> Self:
@@ -93,6 +107,37 @@ class Manifest(Record):
     @property
     def rows(self) -> int:
         return sum(f.rows or 0 for f in self.files_with("data"))
+
+    @property
+    def content_digest(self) -> str:
+        """What the output is, independent of where and when it was published: see ``content_digest``."""
+        return content_digest(self.kind, self.stage, self.config_hash, self.inputs, self.files)
+
+
+def content_digest(
+    kind: str, stage: str, config_digest: str, inputs: Iterable[InputRef], files: Iterable[FileEntry]
+) -> str:
+    """sha256 of kind, stage, config hash, inputs (in any order) and files (in order, each with its sha256)."""
+    payload = {
+        "kind": kind,
+        "stage": stage,
+        "config_hash": config_digest,
+        "inputs": sorted((ref.address, ref.digest) for ref in inputs),
+        "files": [f.model_dump(mode="json") for f in files],
+    }
+    return sha256_hex(canonical_json(payload))
+
+
+def seal_digest(document: dict[str, Any]) -> str:
+    """The seal of a manifest's JSON object: sha256 of its canonical JSON without the ``seal`` key."""
+    return sha256_hex(canonical_json({k: v for k, v in document.items() if k != "seal"}))
+
+
+def sealed_json(manifest: Manifest) -> bytes:
+    """The bytes of ``manifest`` as written to the store, with its seal."""
+    document = json.loads(manifest.model_copy(update={"seal": None}).model_dump_json())
+    document["seal"] = seal_digest(document)
+    return json.dumps(document, indent=2, ensure_ascii=False).encode()
 
 
 _SEGMENT = re.compile(r"[^A-Za-z0-9._\-]+")

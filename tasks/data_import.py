@@ -34,10 +34,14 @@ Output (``datasets/<dataset>/vN``, kind ``ner``): one ``NERExample`` file per sp
 examples into training by accident; read a split with ``store.records(manifest, role="test")``. Every
 example's ``source`` is the dataset's name; ids are ``<dataset>-<split>-<index in the split as read>``,
 except that JSONL examples keep their own (ids must be unique across the splits). N is taken as
-``tasks.publish`` takes it (create-if-absent, the loser of a race takes N+1); importing the same content
-with the same config again returns the version published before. The input is ``external/<dataset>``,
-pinned by the digest of every split's content. Stats: per split where it came from, how many examples it
-had and how many were kept, entities per type, tokens read (tagged formats), and the label map applied.
+``tasks.publish`` takes it (create-if-absent, the loser of a race takes N+1 unless it lost to the same
+content); importing the same content with the same config again — before, or at the same time as another
+import — returns the version published before: one version per content (``schemas.manifest.content_digest``
+of the files, the input and the config). A split with no examples (an empty file) is refused, naming the
+file; a UTF-8 byte-order mark at the start of a file is read as the signature it is. The input is
+``external/<dataset>``, pinned by the digest of every split's content. Stats: per split where it came
+from, how many examples it had and how many were kept, entities per type, tokens read (tagged formats),
+and the label map applied.
 
 Usage::
 
@@ -58,14 +62,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas import Entity, ImportConfig, InputRef, NERExample, canonical_json, config_hash, sha256_hex
+from schemas.manifest import content_digest
 from tasks.errors import RnerError
 from tasks.eval_sets import DEMO_SCHEME, load_entry
-from tasks.jsonl import describe
+from tasks.jsonl import describe, dump_jsonl
 from tasks.llm_stage import Progress
-from tasks.publish import versions
+from tasks.publish import publish_version
 from tasks.sample import draw, load_instructuie
 from tasks.stage_cli import stage_main
-from tasks.store import AlreadyPublished, Published, Store
+from tasks.store import Output, Published, Store, file_entry
 
 CONLL_SUFFIXES = (".conll", ".txt", ".tsv", ".bio")
 _OPENERS = {"BIO": frozenset("BI"), "BIOES": frozenset("BIES")}
@@ -113,6 +118,12 @@ def load_splits(config: ImportConfig, store: Store) -> dict[str, Split]:
         splits = _from_tags(config, _read_hf(config))
     else:
         splits = {split: _read_examples(config, store, split) for split in config.splits}
+    for split, s in splits.items():
+        if not s.examples:  # an empty file would publish an empty split: surely not what was meant
+            raise DataImportError(
+                f"{s.origin}: no examples in the {split} split (an empty file?); "
+                "fix the file, or leave the split out of `splits`"
+            )
     repeated = [i for i, n in Counter(ex.id for s in splits.values() for ex in s.examples).items() if n > 1]
     if repeated:
         raise DataImportError(f"{config.path}: example ids must be unique across the splits; repeated: {repeated[:5]}")
@@ -123,24 +134,25 @@ def run(config: ImportConfig, store: Store, *, progress: Progress | None = None)
     splits = load_splits(config, store)
     content = canonical_json({split: s.digest for split, s in splits.items()})
     ref = InputRef(address=f"external/{config.dataset}", digest=sha256_hex(content))
-    for n in reversed(versions(store, config.dataset)):
-        done = store.load(f"datasets/{config.dataset}/v{n}")
-        if done.manifest.config_hash == config_hash(config) and done.manifest.inputs == (ref,):
-            return done
-
     kept = {split: _take(config, split, s.examples) for split, s in splits.items()}
     stats = _stats(config, splits, kept)
-    n = (versions(store, config.dataset) or [0])[-1] + 1
-    while True:
-        out = store.output(f"datasets/{config.dataset}/v{n}")
-        files = [out.write(split, examples, NERExample, role=split) for split, examples in kept.items()]
-        try:
-            published = out.publish(
-                kind="ner", stage="import", config=config, files=files, inputs=[ref], stats={"version": n, **stats}
-            )
-            break
-        except AlreadyPublished:
-            n += 1
+    blobs = {split: dump_jsonl(examples, NERExample, f"{config.dataset}/{split}") for split, examples in kept.items()}
+    files = [
+        file_entry(split, data, role=split, suffix=".jsonl", rows=data.count(b"\n"), record_type=NERExample)
+        for split, data in blobs.items()
+    ]
+    # One version per content (these files, from these inputs, with this config): an import of the same data
+    # with the same config, before or at the same time as this one, gives the version it published.
+    digest = content_digest("ner", "import", config_hash(config), [ref], files)
+
+    def attempt(out: Output, n: int) -> Published:
+        for entry, data in zip(files, blobs.values(), strict=True):
+            out.put_file(entry.role, data, role=entry.role, suffix=".jsonl", rows=entry.rows, record_type=NERExample)
+        return out.publish(
+            kind="ner", stage="import", config=config, files=files, inputs=[ref], stats={"version": n, **stats}
+        )
+
+    published = publish_version(store, config.dataset, lambda done: done.manifest.content_digest == digest, attempt)
     if progress:
         progress(stats["examples"], stats["examples"])
     return published
@@ -183,7 +195,7 @@ def _read_conll(config: ImportConfig, split: str) -> TaggedSplit:
     file = _split_file(config, split, CONLL_SUFFIXES)
     data = file.read_bytes()
     try:
-        text = data.decode()
+        text = data.decode("utf-8-sig")  # a byte-order mark is a UTF-8 signature, not part of the first token
     except UnicodeDecodeError as e:
         raise DataImportError(f"{file}: not UTF-8 text: {e}") from None
     return TaggedSplit(list(conll_sentences(text, str(file), config)), str(file), sha256_hex(data))

@@ -45,8 +45,11 @@ def describe(error: ValidationError) -> str:
 
 
 def parse_lines(lines: Iterable[bytes | str], model: type[M], source: str) -> Iterator[M]:
-    """Validate each non-blank line as ``model``; the first bad line raises ``RecordError``."""
+    """Validate each non-blank line as ``model``; the first bad line raises ``RecordError``. A UTF-8 byte-order
+    mark at the start of the first line is a signature (as editors on Windows write it), not content."""
     for number, line in enumerate(lines, start=1):
+        if number == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf") if isinstance(line, bytes) else line.removeprefix("\ufeff")
         if line.strip():
             yield _validate(model, line, source, number)
 

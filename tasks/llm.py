@@ -18,7 +18,9 @@ Caching: a request is identified by ``request_key(model, messages, sampling)`` (
 of it: the same model behind another URL gives the same answers). Before sending, the cache is asked; after a
 successful answer it stores ``{content, reasoning, prompt_tokens, completion_tokens, latency_s, finish_reason}``
 under the key. Failures are never cached. A replay returns the stored answer with ``cached=True`` and sends
-nothing, so a resumed stage gets the very answers the interrupted one paid for, even at temperature > 0.
+nothing, so a resumed stage gets the very answers the interrupted one paid for, even at temperature > 0. A
+damaged entry (truncated by a crash, or not such an answer) is reported once and the request sent again; the
+new answer replaces it (``StoreCache``).
 
 Reasoning: servers with a reasoning parser (vLLM ``--reasoning-parser``) return the thinking separately in
 ``message.reasoning`` (``reasoning_content`` in older versions) and the answer in ``content``; without one the
@@ -30,8 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from types import TracebackType
@@ -39,8 +41,7 @@ from typing import Any, Protocol, Self
 
 import httpx2
 import openai
-from obstore.exceptions import AlreadyExistsError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import Endpoint, Generation, SamplingParams, canonical_json, sha256_hex
 from tasks.errors import RnerError
@@ -92,6 +93,10 @@ class RequestCache(Protocol):
 
     def put(self, key: str, value: dict[str, Any]) -> None: ...
 
+    def discard(self, key: str, why: str) -> None:
+        """The entry ``get`` gave is unusable (``why``): forget it, and let the next ``put`` replace it."""
+        ...
+
 
 class MemoryCache:
     """A cache for one process (tests, interactive use)."""
@@ -105,6 +110,9 @@ class MemoryCache:
     def put(self, key: str, value: dict[str, Any]) -> None:
         self.entries.setdefault(key, value)
 
+    def discard(self, key: str, why: str) -> None:
+        self.entries.pop(key, None)
+
 
 class StoreCache:
     """A durable cache: one small JSON object per finished request, at ``{prefix}/{key[:2]}/{key}.json``.
@@ -112,28 +120,72 @@ class StoreCache:
     Writes are create-if-absent: when two writers finish the same request, the first answer stays. The keys are
     listed once, on construction, so a miss costs no round trip; a key that another writer stores later is not
     seen, which at worst sends that request once more.
+
+    An entry that is not a JSON object (a crash mid-write on a store without atomic writes leaves a truncated
+    one), or that its reader ``discard``s, is damaged: reported once (a warning naming its path), treated as
+    a miss, and replaced by the next ``put`` — so a damaged entry costs one request again, never the stage.
     """
 
     def __init__(self, store: Store, prefix: str) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
         self._keys = {PurePosixPath(path).stem for path in store.list(self.prefix)}
+        self._damaged: set[str] = set()
 
     def get(self, key: str) -> dict[str, Any] | None:
         if key not in self._keys:
             return None
         try:
-            return json.loads(self.store.get(self._path(key)))
+            data = self.store.get(self._path(key))
         except FileNotFoundError:
             return None
+        entry, why = _entry(data)
+        if entry is None:
+            self.discard(key, why)
+        return entry
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        with suppress(AlreadyExistsError):
-            self.store.put(self._path(key), canonical_json(value).encode(), create=True)
+        path, data = self._path(key), canonical_json(value).encode()
+        if key in self._damaged:
+            self.store.put(path, data)  # replaces the damaged entry
+            self._damaged.discard(key)
+        elif (existing := self.store.create(path, data)) is not None and _entry(existing)[0] is None:
+            self.discard(key, _entry(existing)[1])
+            self.store.put(path, data)
+            self._damaged.discard(key)
         self._keys.add(key)
+
+    def discard(self, key: str, why: str) -> None:
+        self._damaged.add(key)
+        path = self._path(key)
+        self.store.warn_once(path, f"{self.store.uri(path)}: damaged request-cache entry ({why}); sending it again")
 
     def _path(self, key: str) -> str:
         return f"{self.prefix}/{key[:2]}/{key}.json"
+
+
+def _entry(data: bytes) -> tuple[dict[str, Any] | None, str]:
+    """A cache entry's bytes as a JSON object, or (None, what is wrong with them)."""
+    try:
+        entry = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        return None, f"not JSON: {e}" if data.strip() else "empty"
+    if not isinstance(entry, dict):
+        return None, f"a JSON {type(entry).__name__}, not an object"
+    return entry, ""
+
+
+class _Cached(BaseModel):
+    """A cached answer, as ``LLMClient.chat`` stores it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str
+    reasoning: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    finish_reason: str | None
 
 
 @dataclass
@@ -157,6 +209,37 @@ class Usage:
 
 class LLMRequestError(RnerError, RuntimeError):
     """A request that failed for good (after the SDK's retries); the message names the endpoint, model and cause."""
+
+
+class MissingKeyError(RnerError, ValueError):
+    """An endpoint whose API key is not at hand: its ``api_key_env`` variable is unset, or the key was masked."""
+
+
+MASKED = "**********"
+"""What pydantic writes for a ``SecretStr`` when a config is serialized (a job's ``--config-json``)."""
+
+
+def endpoint_api_key(endpoint: Endpoint) -> str:
+    """The key to send to ``endpoint``: from the variable its ``api_key_env`` names (read now, never stored), its
+    in-process ``api_key``, or none ("EMPTY", what the OpenAI SDK needs for a server without a key)."""
+    if endpoint.api_key_env is not None:
+        key = os.environ.get(endpoint.api_key_env, "")
+        if not key:
+            raise MissingKeyError(
+                f"the endpoint {endpoint.base_url} ({endpoint.model}) takes its API key from ${endpoint.api_key_env}, "
+                "which is not set here: set it (Kubernetes jobs: a key of the backend's env_secret; docker jobs: name "
+                "it in forward_env), or set api_key_env: null for a server without a key"
+            )
+        return key
+    if endpoint.api_key is None:
+        return "EMPTY"
+    key = endpoint.api_key.get_secret_value()
+    if key == MASKED:
+        raise MissingKeyError(
+            f"the endpoint {endpoint.base_url} ({endpoint.model}) has an api_key that was masked when its config was "
+            "written out: give the key through an environment variable instead (api_key_env)"
+        )
+    return key
 
 
 # The wire format, read leniently: only what a result needs, so any OpenAI-compatible server's extras pass.
@@ -204,7 +287,7 @@ class LLMClient:
         limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self._client = openai.AsyncOpenAI(
             base_url=endpoint.base_url,
-            api_key=endpoint.api_key.get_secret_value() if endpoint.api_key else "EMPTY",
+            api_key=endpoint_api_key(endpoint),
             timeout=timeout_s,
             max_retries=max_retries,
             http_client=openai.DefaultAsyncHttpxClient(limits=limits),
@@ -215,8 +298,12 @@ class LLMClient:
         key = request_key(self.endpoint.model, messages, sampling)
         entry = await asyncio.to_thread(self.cache.get, key) if self.cache is not None else None
         if entry is not None:
-            result = ChatResult(key=key, cached=True, **entry)
-        else:
+            try:
+                result = ChatResult(key=key, cached=True, **_Cached.model_validate(entry).model_dump())
+            except ValidationError as e:  # not an answer this client stored: ask again (and replace it)
+                await asyncio.to_thread(self.cache.discard, key, f"not a cached answer: {describe(e)}")  # type: ignore[union-attr]
+                entry = None
+        if entry is None:
             async with self._slots:
                 result = await self._send(key, messages, sampling)
             if self.cache is not None:

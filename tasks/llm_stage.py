@@ -6,7 +6,9 @@ before are replayed from the output's request cache (``<address>/_cache``), so a
 pays twice. All pending requests share one client, whose concurrency bound keeps the server saturated
 across shard boundaries. A request that fails for good (after the client's retries) fails its shard
 only: the other shards still complete and commit, then ``StageFailed`` names the failed shards, and a
-rerun resumes from there.
+rerun resumes from there. A shard marker or a cache entry that a crash left damaged (a store without
+atomic writes) is reported once, with its path, and its shard or request done again: it never blocks a
+resume (``Output.committed_shards``, ``StoreCache``).
 
 Usage::
 

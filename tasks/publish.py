@@ -5,8 +5,10 @@ base's records plus the newly kept ones — the scheduled refresh's increment; `
 every raw passage file a version's records came from, so a refresh can tell which files are new.
 
 The next N is taken with the manifest's create-if-absent write, so two publishers racing for the same
-N cannot both get it: the loser takes N+1. Publishing the same inputs with the same config again
-returns the version published before instead of a new one.
+N cannot both get it: the loser takes N+1 — unless the version it lost to is the same content (the same
+inputs with the same config), which it then returns (``publish_version``): overlapping runs of the same
+publish give one version. Publishing the same inputs with the same config again returns the version
+published before instead of a new one.
 
 Each version carries a dataset card (markdown) built from the lineage, with counts after every step
 that add up: passages → annotated (+ rejected at annotate) → valid (+ rejected at validate) → judged
@@ -21,13 +23,14 @@ Usage::
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from schemas import CoTRecord, JudgeVerdict, Manifest, PublishConfig, config_hash
 from tasks.errors import RnerError
 from tasks.llm_stage import Progress
 from tasks.stage_cli import stage_main
-from tasks.store import AlreadyPublished, Published, Store
+from tasks.store import AlreadyPublished, Output, Published, Store
 
 
 class PublishError(RnerError):
@@ -45,6 +48,49 @@ def latest(store: Store, dataset: str) -> Published | None:
     return store.load(f"datasets/{dataset}/v{found[-1]}") if found else None
 
 
+def find_version(
+    store: Store, dataset: str, same: Callable[[Published], bool], *, above: int = 0
+) -> tuple[Published | None, int]:
+    """The newest version of ``dataset`` above ``above`` that is the ``same`` content (or None), and the
+    highest version number there is (``above`` if none is higher)."""
+    found = [n for n in versions(store, dataset) if n > above]
+    for n in reversed(found):
+        done = store.load(f"datasets/{dataset}/v{n}")
+        if same(done):
+            return done, max(found)
+    return None, max(found, default=above)
+
+
+def publish_version(
+    store: Store,
+    dataset: str,
+    same: Callable[[Published], bool],
+    attempt: Callable[[Output, int], Published],
+    *,
+    seen: int = 0,
+) -> Published:
+    """Publish ``dataset``'s next version with ``attempt(output, n)`` (files, then ``Output.publish``), unless a
+    version of the ``same`` content exists: then that one. Versions up to ``seen`` were looked at already.
+
+    Exactly one version per content, however many writers overlap: a writer that loses the race for N
+    (``AlreadyPublished``) looks at the version it lost to and returns it when it is the same content, else
+    tries N+1. Every version above the last one looked at is looked at before a new one is tried, and a
+    version another writer publishes later has a higher N, which this writer either takes after it (and so
+    looks at it first) or loses to (and so looks at it)."""
+    found, top = find_version(store, dataset, same, above=seen)
+    if found is not None:
+        return found
+    n = top + 1
+    while True:
+        try:
+            return attempt(store.output(f"datasets/{dataset}/v{n}"), n)
+        except AlreadyPublished as lost:
+            winner = lost.existing or store.load(f"datasets/{dataset}/v{n}")
+            if same(winner):
+                return winner
+            n += 1
+
+
 def run(config: PublishConfig, store: Store, *, progress: Progress | None = None) -> Published:
     if config.cot is None or config.verdicts is None:
         raise PublishError("publish needs `cot` (a validate output) and `verdicts` (a judge output on it)")
@@ -54,10 +100,13 @@ def run(config: PublishConfig, store: Store, *, progress: Progress | None = None
     base = store.load(config.base) if config.base else None
     inputs = [cot.ref, judged.ref, *([base.ref] if base else [])]
     digests = {ref.digest for ref in inputs}
-    for n in reversed(versions(store, config.dataset)):
-        done = store.load(f"datasets/{config.dataset}/v{n}")
-        if done.manifest.config_hash == config_hash(config) and {r.digest for r in done.manifest.inputs} == digests:
-            return done
+
+    def same(done: Published) -> bool:
+        return done.manifest.config_hash == config_hash(config) and {r.digest for r in done.manifest.inputs} == digests
+
+    found, seen = find_version(store, config.dataset, same)
+    if found is not None:
+        return found
 
     records: list[CoTRecord] = list(store.records(cot.manifest))  # type: ignore[arg-type]
     verdicts: dict[str, JudgeVerdict] = {v.id: v for v in store.records(judged.manifest)}  # type: ignore[misc]
@@ -74,29 +123,26 @@ def run(config: PublishConfig, store: Store, *, progress: Progress | None = None
     if progress:
         progress(len(records), len(records))
 
-    n = (versions(store, config.dataset) or [0])[-1] + 1
-    while True:
-        out = store.output(f"datasets/{config.dataset}/v{n}")
+    def attempt(out: Output, n: int) -> Published:
         card = dataset_card(config, n, kept, funnel, len(carried))
         data = out.write("data", [*carried, *kept], CoTRecord)
         files = [data, out.put_file("card", card.encode(), role="card", suffix=".md")]
-        try:
-            return out.publish(
-                kind="cot",
-                stage="publish",
-                config=config,
-                files=files,
-                inputs=inputs,
-                stats={
-                    "version": n,
-                    **funnel,
-                    "carried_over": len(carried),
-                    "records": data.rows,
-                    "raw_files": raw_files,
-                },
-            )
-        except AlreadyPublished:
-            n += 1
+        return out.publish(
+            kind="cot",
+            stage="publish",
+            config=config,
+            files=files,
+            inputs=inputs,
+            stats={
+                "version": n,
+                **funnel,
+                "carried_over": len(carried),
+                "records": data.rows,
+                "raw_files": raw_files,
+            },
+        )
+
+    return publish_version(store, config.dataset, same, attempt, seen=seen)
 
 
 def _score(verdict: JudgeVerdict) -> float:
@@ -105,7 +151,7 @@ def _score(verdict: JudgeVerdict) -> float:
 
 def _funnel(store: Store, valid: Manifest, judged: Manifest, kept: int) -> dict[str, Any]:
     """Counts after every step, read from the lineage's manifests."""
-    annotated = store.load(valid.inputs[0].address).manifest
+    annotated = store.load_ref(valid.inputs[0]).manifest
     return {
         "raw_files": {ref.address: ref.digest for ref in annotated.inputs},
         "passages": annotated.stats["passages"],

@@ -277,3 +277,120 @@ def test_an_imported_dataset_feeds_sampling_training_and_evaluation_by_split(tmp
     train_texts = {ex.text for ex in store.records(imported, role="train")}
     assert {ex.text for ex in store.records(drawn.manifest)} <= train_texts
     assert list(store.split_records(imported, "train")) == list(store.records(imported, role="train"))
+
+
+# -- reliability (issue #17) ---------------------------------------------------------------------------------------
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_token(tmp_path: Path) -> None:
+    folder = conll_folder(tmp_path / "bom", {})
+    (folder / "train.conll").write_bytes("\ufeff".encode() + CONLL_TRAIN.encode())
+    jsonl = tmp_path / "bom-jsonl"
+    jsonl.mkdir()
+    good = NERExample(id="j1", text="Nils Ek cooks.", labels=["chef"], source="x",
+                      entities=[{"text": "Nils Ek", "label": "chef", "start": 0, "end": 7}])  # fmt: skip
+    (jsonl / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + good.model_dump_json().encode() + b"\n")
+    store = Store(tmp_path / "store")
+    conll = run(ImportConfig(dataset="bom", format="conll", path=str(folder), splits=["train"]), store)
+    first = next(iter(store.records(conll.manifest, role="train")))
+    assert first.text == "Ada Lovelace visited Turin ."  # type: ignore[attr-defined]
+    assert first.entities[0].text == "Ada Lovelace"  # type: ignore[attr-defined]
+    [example] = store.records(run(ImportConfig(dataset="bomj", format="jsonl", path=str(jsonl), splits=["train"]),
+                                  store).manifest, role="train")  # fmt: skip
+    assert example.id == "j1"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("test.conll", b""), ("test.conll", b"\xef\xbb\xbf\n\n  \n"), ("test.conll", b"-DOCSTART- O\n\n"),
+     ("test.jsonl", b""), ("test.jsonl", b"\n\n")],
+    ids=["empty", "bom-and-blank-lines", "docstart-only", "empty-jsonl", "blank-jsonl"],
+)  # fmt: skip
+def test_an_empty_input_is_refused_naming_the_file(tmp_path: Path, name: str, content: bytes) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    fmt = "conll" if name.endswith(".conll") else "jsonl"
+    train = CONLL_TRAIN if fmt == "conll" else NERExample(id="t", text="x", labels=[], source="s").model_dump_json()
+    (folder / f"train.{fmt}").write_text(train + "\n")
+    (folder / name).write_bytes(content)
+    store = Store(tmp_path / "store")
+    config = ImportConfig(dataset="empty", format=fmt, path=str(folder), splits=["train", "test"])  # type: ignore[arg-type]
+    with pytest.raises(DataImportError, match=rf"{folder / name}: .*no examples") as raised:
+        run(config, store)
+    assert "\n" not in str(raised.value)
+    assert store.list("") == []
+
+
+def _race_at_publish(monkeypatch: pytest.MonkeyPatch, writers: int) -> None:
+    """Every writer waits, at its first manifest write, until all writers are there: they all looked for an
+    existing version before any published one (the overlap of two `rner data import` runs)."""
+    import threading
+
+    from tasks.store import Output
+
+    barrier = threading.Barrier(writers, timeout=30)
+    waited: set[int] = set()
+    real = Output.publish
+
+    def publish(self: Output, **kwargs: object) -> object:
+        if threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            barrier.wait()
+        return real(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Output, "publish", publish)
+
+
+def _in_threads(work: object, n: int) -> list[object]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda _: work(), range(n)))  # type: ignore[operator]
+
+
+def test_identical_concurrent_imports_publish_one_version(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = conll_folder(tmp_path / "same", {"train.conll": tagged_lines(6), "test.conll": tagged_lines(2)})
+    config = ImportConfig(dataset="same", format="conll", path=str(folder), splits=["train", "test"])
+    _race_at_publish(monkeypatch, 4)
+    results = _in_threads(lambda: run(config, store), 4)
+    assert {r.manifest.address for r in results} == {"datasets/same/v1"}  # type: ignore[attr-defined]
+    assert [p for p in store.list("datasets/same") if p.endswith("manifest.json")] == ["datasets/same/v1/manifest.json"]
+
+
+def test_different_concurrent_imports_get_one_version_each(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = conll_folder(tmp_path / "diff", {"train.conll": tagged_lines(6)})
+    configs = iter([ImportConfig(dataset="diff", format="conll", path=str(folder), splits=["train"], count=k)
+                    for k in (1, 2, 3, 1, 2, 3)])  # fmt: skip
+    _race_at_publish(monkeypatch, 6)
+    results = _in_threads(lambda: run(next(configs), store), 6)
+    by_count = {r.manifest.config["count"]: r.manifest.address for r in results}  # type: ignore[attr-defined]
+    assert sorted(by_count.values()) == ["datasets/diff/v1", "datasets/diff/v2", "datasets/diff/v3"]
+    assert all(r.manifest.address == by_count[r.manifest.config["count"]] for r in results)  # type: ignore[attr-defined]
+    assert len([p for p in store.list("datasets/diff") if p.endswith("manifest.json")]) == 3
+
+
+def test_a_lost_reply_does_not_publish_the_import_twice(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from obstore.exceptions import AlreadyExistsError  # noqa: F401  (what the retry of a landed write raises)
+
+    folder = conll_folder(tmp_path / "lost", {"train.conll": tagged_lines(3)})
+    config = ImportConfig(dataset="lost", format="conll", path=str(folder), splits=["train"])
+    real = Store.put
+    lost: list[str] = []
+
+    def put(self: Store, path: str, data: bytes, *, create: bool = False) -> None:
+        real(self, path, data, create=create)
+        if create and path.endswith("manifest.json") and not lost:
+            lost.append(path)
+            real(self, path, data, create=create)  # the client's retry: "already exists"
+
+    monkeypatch.setattr(Store, "put", put)
+    published = run(config, store)
+    assert lost == ["datasets/lost/v1/manifest.json"]
+    assert published.manifest.address == "datasets/lost/v1"
+    assert [p for p in store.list("datasets/lost") if p.endswith("manifest.json")] == ["datasets/lost/v1/manifest.json"]

@@ -285,3 +285,60 @@ def test_real_vllm_round_trip_and_replay(vllm_endpoint: Endpoint, tmp_path: Path
     assert replayed.cached
     assert replayed.text == result.text
     assert usage.cached == 1
+
+
+# -- a damaged cache entry heals (issue #17) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"completion_tokens":3,"content":"echo: q', b"", b"[]", b'{"content": "no other field"}'],
+    ids=["truncated", "empty", "not-an-object", "not-an-answer"],
+)
+def test_a_damaged_cache_entry_is_reported_once_and_sent_again(
+    store: Store, damage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = "annotate/abc/_cache"
+    key = request_key("fake", ask("q0"), SAMPLING)
+    path = f"{prefix}/{key[:2]}/{key}.json"
+    store.put(path, damage)  # a crash mid-write on a store without atomic writes (create-if-absent keeps it)
+    with FaultServer(sequence(ok())) as server, caplog.at_level("WARNING"):
+        [result], _ = chat_all(server.endpoint, ["q0"], cache=StoreCache(store, prefix))
+        assert (server.requests, result.cached, result.text) == (1, False, "echo: q0")
+        [again], _ = chat_all(server.endpoint, ["q0"], cache=StoreCache(store, prefix))
+        assert (server.requests, again.cached, again.text) == (1, True, "echo: q0")  # healed: replayed
+    warnings = [r.getMessage() for r in caplog.records if store.uri(path) in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+
+
+def test_a_damaged_cache_entry_and_marker_never_block_the_stage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from schemas import AnnotateConfig, NERExample
+    from tasks.llm_stage import map_requests
+
+    store = Store(tmp_path / "store")
+    out = store.output("cot/raw/annotate/x")
+    items = [f"p{i}" for i in range(4)]
+    config = AnnotateConfig.preset("smoke", shard_size=2, max_retries=0)
+
+    def build(item: str, result: ChatResult) -> NERExample:
+        return NERExample(id=item, text=result.text, labels=[], source="t")
+
+    def stage(server: FaultServer) -> None:
+        map_requests(out, items, config=config, endpoint=server.endpoint, messages=ask, build=build,
+                     record_type=NERExample)  # fmt: skip
+
+    with FaultServer(sequence(ok())) as server:
+        stage(server)
+        assert server.requests == 4
+        key = request_key("fake", ask("p3"), config.sampling)
+        store.put(f"{out.address}/_cache/{key[:2]}/{key}.json", b'{"content":"ec')
+        store.put(f"{out.address}/_shards/00001.json", b'{"path":"data/000')
+        with caplog.at_level("WARNING"):
+            stage(server)  # shard 00001 again: p2 replayed, p3 sent again
+        assert server.requests == 5
+    assert len([r for r in caplog.records if "_shards/00001.json" in r.getMessage()]) == 1, caplog.text
+    assert len([r for r in caplog.records if f"{key}.json" in r.getMessage()]) == 1, caplog.text
+    assert [r.id for name in ("00000", "00001") for r in store.read_records(out.address, [out.committed_shards()[name]])
+            ] == items  # fmt: skip

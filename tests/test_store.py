@@ -182,3 +182,154 @@ def _cot() -> CoTRecord:
         completion="...",
         teacher={"model": "m", "sampling": {}, "request_key": "k"},
     )
+
+
+# -- reliability (issue #17): lost replies, sealed manifests, damaged markers, crashed writes -----------------------
+
+
+def _lose_first_reply(store: Store, monkeypatch: pytest.MonkeyPatch, then: str) -> list[str]:
+    """The first create-if-absent write of a manifest reaches the store, but its reply is lost: the client then
+    either retries (``then="retry"``: the retry finds the object, as S3 answers 412 to a conditional retry) or
+    gives up (``then="error"``). Returns the paths whose reply was lost."""
+    from obstore.exceptions import AlreadyExistsError
+
+    real = Store.put
+    lost: list[str] = []
+
+    def put(self: Store, path: str, data: bytes, *, create: bool = False) -> None:
+        real(self, path, data, create=create)
+        if create and path.endswith("/manifest.json") and not lost:
+            lost.append(path)
+            if then == "retry":
+                real(self, path, data, create=create)  # raises AlreadyExistsError: the first write landed
+                raise AssertionError("the retry should have found the object")
+            raise StoreUnavailable(f"cannot write {self.uri(path)}: connection reset by peer")
+
+    monkeypatch.setattr(Store, "put", put)
+    assert AlreadyExistsError  # the retry's error type
+    return lost
+
+
+@pytest.mark.parametrize("then", ["retry", "error"])
+def test_a_lost_reply_to_the_manifest_write_is_recognised_as_success(
+    store: Store, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    out = store.output(address(f"lost-{then}"))
+    out.commit_shard("00000", [example(0)], NERExample)
+    lost = _lose_first_reply(store, monkeypatch, then)
+    published = out.publish(kind="ner", stage="validate", config=CFG)
+    assert lost == [f"{out.address}/manifest.json"]
+    assert store.load(out.address) == published  # its own manifest: a success, not AlreadyPublished
+    with pytest.raises(AlreadyPublished):  # another writer still loses
+        store.output(out.address).publish(kind="ner", stage="validate", config=CFG)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["stats"].update(kept=3),
+        lambda m: m["files"][0].update(rows=5),
+        lambda m: m.update(created_at="2020-01-01T00:00:00Z"),
+        lambda m: m.pop("seal"),
+    ],
+    ids=["stats", "rows", "created_at", "seal-removed"],
+)
+def test_an_edited_manifest_is_refused_naming_its_path(store: Store, edit: object) -> None:
+    import json
+
+    out = store.output(address("edited"))
+    out.commit_shard("00000", [example(0)], NERExample)
+    out.publish(kind="ner", stage="validate", config=CFG, stats={"kept": 1})
+    path = f"{out.address}/manifest.json"
+    manifest = json.loads(store.get(path))
+    edit(manifest)  # type: ignore[operator]
+    store.put(path, json.dumps(manifest, indent=2).encode())  # still valid JSON, still a valid Manifest
+    with pytest.raises(IntegrityError, match=rf"{store.uri(path)}: .*seal"):
+        store.load(out.address)
+
+
+def test_a_reader_that_pins_a_digest_gets_that_manifest_or_an_error(store: Store) -> None:
+    out = store.output(address("pinned"))
+    out.commit_shard("00000", [example(0)], NERExample)
+    published = out.publish(kind="ner", stage="validate", config=CFG)
+    assert store.load_ref(published.ref) == published
+    with pytest.raises(IntegrityError, match=rf"{store.uri(out.address)}/manifest.json: .*digest"):
+        store.load_ref(published.ref.model_copy(update={"digest": "0" * 64}))
+
+
+@pytest.mark.parametrize("damage", [b'{"path": "data/00000.', b"", b'{"not": "an entry"}'])
+def test_a_damaged_shard_marker_is_reported_once_and_redone(
+    store: Store, damage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = store.output(address("marker"))
+    out.commit_shard("00000", [example(0)], NERExample)
+    out.commit_shard("00001", [example(1)], NERExample)
+    marker = f"{out.address}/_shards/00001.json"
+    store.put(marker, damage)  # a crash mid-write on a store without atomic writes
+    resumed = store.output(out.address)
+    with caplog.at_level("WARNING"):
+        assert sorted(resumed.committed_shards()) == ["00000"]  # the damaged one is to be done again
+        assert sorted(resumed.committed_shards()) == ["00000"]
+    warnings = [r.getMessage() for r in caplog.records if store.uri(marker) in r.getMessage()]
+    assert len(warnings) == 1, caplog.text  # reported once, naming the path
+    resumed.commit_shard("00001", [example(1)], NERExample)
+    published = resumed.publish(kind="ner", stage="validate", config=CFG)
+    assert [r.id for r in store.records(published.manifest)] == ["ex-0", "ex-1"]
+
+
+def test_a_marker_whose_shard_is_damaged_is_redone(store: Store) -> None:
+    out = store.output(address("orphan-marker"))
+    entry = out.commit_shard("00000", [example(0)], NERExample)
+    store.put(f"{out.address}/{entry.path}", b'{"id": "ex-0", "te')  # the shard itself damaged
+    assert out.committed_shards() == {}
+    redone = out.commit_shard("00000", [example(5)], NERExample)  # done again, here with other content
+    assert out.committed_shards() == {"00000": redone}
+    published = out.publish(kind="ner", stage="validate", config=CFG)
+    assert [r.id for r in store.records(published.manifest)] == ["ex-5"]
+
+
+_CRASHING_WRITER = """
+import os, sys, threading
+from tasks.store import Store
+store = Store(sys.argv[1])
+threading.Timer(float(sys.argv[2]), lambda: os.kill(os.getpid(), 9)).start()
+data = b"x" * (64 << 20)
+for i in range(1000):
+    store.put(f"out/data/big{i}", data)
+"""
+
+
+def test_a_crashed_local_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "store"
+    for delay in (0.3, 0.6):  # killed while writing
+        subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(root), str(delay)], check=False, timeout=60)
+    assert [p for p in (root / "out" / "data").iterdir() if "#" in p.name]  # what the crashes left
+    # The next writer in that folder (a resumed stage) cleans up what the crashed ones left ...
+    store = Store(root)
+    out = store.output("out")
+    out.commit_shard("00000", [example(0)], NERExample)
+    out.publish(kind="ner", stage="validate", config=CFG)
+    leftovers = [p.name for p in root.rglob("*") if p.is_file() and "#" in p.name]
+    assert leftovers == []
+    # ... and what a crashed writer left is never a visible object
+    assert all(not p.endswith("#") for p in store.list("out"))
+
+
+def test_a_live_writers_staging_file_is_never_swept(tmp_path: Path) -> None:
+    import os
+
+    from tasks.store import _staging_file, sweep_staging
+
+    target = tmp_path / "x.json"
+    fd, staging = _staging_file(target)  # a writer in the middle of its write: the file is locked
+    try:
+        assert sweep_staging(tmp_path) == 0 and staging.exists()
+    finally:
+        os.close(fd)  # the writer dies without cleaning up
+    (tmp_path / "y.json#12").write_bytes(b"")  # also what an older obstore writer left
+    (tmp_path / "keep#me").write_bytes(b"")  # not a staging file's name
+    assert sweep_staging(tmp_path) == 2 and not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep#me"]
