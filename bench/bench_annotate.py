@@ -43,7 +43,7 @@ def ours(endpoint_url: str, model: str, *, items: list[Passage], max_tokens: int
         config = AnnotateConfig.preset(
             "paper",
             input="raw",
-            teacher={"kind": "endpoint", "base_url": endpoint_url, "model": model},
+            teacher={"kind": "endpoint", "base_url": endpoint_url, "model": model, "api_key_env": None},  # no key
             sampling={"temperature": 0.0, "top_p": 1.0, "max_tokens": max_tokens},
         )
         start = time.perf_counter()

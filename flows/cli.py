@@ -7,6 +7,7 @@
     rner down                      # stop that server
     rner up [--port 4200]          # local Prefect server + process worker, deployments registered
     rner deploy render             # regenerate deploy/prefect.yaml from flows/deployments.py
+    rner k8s render-server --model deepseek-ai/DeepSeek-R1 --nodes 2   # a multi-node vLLM server, for kubectl
 """
 
 import contextlib
@@ -294,6 +295,36 @@ def render_kubernetes(
     print(render(stage, config, spec, Store(store) if store else None), end="")
 
 
+def render_kubernetes_server(
+    model: Annotated[str, typer.Option(help="Hub id (every node downloads it) or a path on the cache claim.")],
+    nodes: Annotated[int, typer.Option(min=1, help="Pods (nodes): vLLM's pipeline-parallel size.")] = 2,
+    gpus_per_node: Annotated[int, typer.Option(min=1, help="GPUs per pod: vLLM's tensor-parallel size.")] = 8,
+    max_model_len: Annotated[int, typer.Option(min=1, help="Longest sequence (prompt + completion).")] = 40960,
+    name: Annotated[str | None, typer.Option(help="LeaderWorkerSet and Service name (default vllm-<model>).")] = None,
+    served_name: Annotated[str | None, typer.Option(help="The model name clients ask for (default: --model).")] = None,
+    gpu: Annotated[str, typer.Option(help="The nodes' GPU type, for the memory plan (tasks/memory_plan.py GPUS).")] = (
+        "h100-80gb"
+    ),
+    api_key_secret: Annotated[
+        str | None, typer.Option(help="Secret holding the API key (key RNER_TEACHER_API_KEY); '' for none.")
+    ] = "rner-store",
+    backend: Annotated[
+        Path | None, typer.Option(help="YAML KubernetesJob (namespace, images, cache_claim, ...).")
+    ] = None,
+    extra_arg: Annotated[list[str] | None, typer.Option(help="More `vllm serve` arguments (repeatable).")] = None,
+) -> None:
+    """Print a multi-node vLLM server (LeaderWorkerSet + Service) for `kubectl apply -f -`, after its memory plan."""
+    from flows.kubernetes_servers import MultiNodeServer, render_server
+    from schemas.jobs import KubernetesJob
+    from tasks.config import build_config, load_config
+
+    spec = load_config(KubernetesJob, backend) if backend else build_config(KubernetesJob, {}, source="defaults")
+    values = {"model": model, "nodes": nodes, "gpus_per_node": gpus_per_node, "max_model_len": max_model_len}
+    values |= {"name": name, "served_name": served_name, "api_key_secret": api_key_secret or None}
+    server = build_config(MultiNodeServer, {**values, "extra_args": extra_arg or []}, source="render-server options")
+    print(render_server(server, spec, gpu), end="")
+
+
 def register(app: typer.Typer) -> None:
     """Add the orchestration commands to ``rner``."""
     app.command("up")(up)
@@ -310,6 +341,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(images, name="images")
     kubernetes = typer.Typer(no_args_is_help=True, help="Kubernetes manifests of stage jobs.")
     kubernetes.command("render")(render_kubernetes)
+    kubernetes.command("render-server")(render_kubernetes_server)
     app.add_typer(kubernetes, name="k8s")
     deploy = typer.Typer(no_args_is_help=True, help="Prefect deployments (deploy/prefect.yaml).")
     deploy.command("render")(render_deployments)

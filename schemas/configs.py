@@ -17,9 +17,19 @@ Usage::
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from schemas.base import Config, Name, Seq
 from schemas.records import SamplingParams
@@ -27,22 +37,52 @@ from schemas.records import SamplingParams
 DEFAULT_MODEL = "default"
 
 PAPER_BACKBONE = "Qwen/Qwen3-8B-Base"
+PAPER_BACKBONE_1_7B = "Qwen/Qwen3-1.7B-Base"
+"""The smaller backbone the authors released configs for (``paper-1.7b`` presets)."""
 PAPER_TEACHER = "deepseek-ai/DeepSeek-R1"
+PAPER_TEACHER_URL = "http://vllm-deepseek-r1:8000/v1"
+"""Where the ``paper`` preset's teacher is served: the Service of the multi-node vLLM server that ``rner k8s
+render-server --model deepseek-ai/DeepSeek-R1 --nodes 2`` renders, as pods in its namespace reach it (R1's ~690 GB
+of FP8 weights do not fit one node of 8 x 80 GB: ``rner train plan annotate``). A hosted API instead: its
+``base_url`` and ``model``, the key in ``TEACHER_KEY_ENV``."""
+TEACHER_KEY_ENV = "RNER_TEACHER_API_KEY"
+"""The environment variable the ``paper`` preset's teacher endpoint reads its API key from."""
 PAPER_JUDGE = "Qwen/Qwen3-32B"
 PAPER_COT_EXAMPLES = 45_787
 """The NER-CoT examples the paper trains CT on (its judge kept them at score >= 9). The presets carry no
 dataset size for SFT (the CoT dataset is made by CG); the RE size is ``SampleConfig``'s ``total`` (4,703)."""
 
+PromptStyle = Literal["rner", "paper"]
+"""Which NER instruction a stage asks a model with (``tasks.prompts``): ``rner``, ours (asks for reasoning in
+``<think>`` tags only when the model is to reason), or ``paper``, the authors' released ``NER_PROMPT`` verbatim
+(what their checkpoints were trained with)."""
+
 
 class Endpoint(Config):
-    """A running OpenAI-compatible server (vLLM, SGLang, a hosted API)."""
+    """A running OpenAI-compatible server (vLLM, SGLang, a hosted API).
 
-    VOLATILE = frozenset({"base_url", "api_key"})
+    Its API key is never part of a config: ``api_key_env`` names the environment variable a stage reads it from
+    when it connects (a job gets it as the other secrets: Kubernetes pods from the backend's ``env_secret``, docker
+    containers through ``forward_env``), so no config file, manifest, config hash, command line or log holds it.
+    ``api_key`` is for a program that builds an endpoint and uses it in the same process (``rner extract
+    --api-key``): it is masked wherever a config is written, a job's command line included, so a stage started
+    from a config never receives it."""
+
+    VOLATILE = frozenset({"base_url", "api_key", "api_key_env"})
     kind: Literal["endpoint"] = "endpoint"
     base_url: Annotated[str, Field(pattern=r"^https?://")]
     model: Name
     """The model name the server knows (vLLM's ``--served-model-name``)."""
     api_key: SecretStr | None = None
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    """The environment variable that holds the server's API key, read when a stage connects (unset: the stage
+    stops with an error naming it); ``None``: no key (a server without ``--api-key``)."""
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Self:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("api_key, api_key_env: give at most one (api_key_env keeps the key out of the config)")
+        return self
 
 
 class VLLMLaunch(Config):
@@ -143,7 +183,13 @@ class AnnotateConfig(LLMStage):
     """Read just these raw files under ``input`` (the scheduled refresh's new shards); all when empty."""
     PRESETS: ClassVar = {
         "paper": {
-            "teacher": {"kind": "vllm", "model": PAPER_TEACHER, "tensor_parallel_size": 8, "max_model_len": 40960},
+            # DeepSeek-R1 does not fit one 8-GPU node, which is all a stage's own vLLM launch has: an endpoint.
+            "teacher": {
+                "kind": "endpoint",
+                "base_url": PAPER_TEACHER_URL,
+                "model": PAPER_TEACHER,
+                "api_key_env": TEACHER_KEY_ENV,
+            },
             "sampling": _R1_SAMPLING,
         },
         "smoke": {"teacher": CPU_SERVER, "sampling": {"temperature": 0.0, "max_tokens": 256}, **_SMOKE_LLM},
@@ -266,9 +312,12 @@ class Parallelism(Config):
         return self.num_nodes * self.processes_per_node
 
 
-TooLong = Literal["drop", "truncate", "fail"]
-"""What to do with an example longer than the configured maximum: leave it out, cut it, or stop with an
-error. Either way the count is logged and recorded in the output's manifest."""
+LRScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+
+TooLong = Literal["drop", "truncate", "truncate_left", "fail"]
+"""What to do with an example longer than the configured maximum: leave it out, cut it (``truncate`` keeps its
+first tokens, ``truncate_left`` its last ones, as the released SFT code does), or stop with an error. Either way
+the count is logged and recorded in the output's manifest."""
 
 
 class TrainConfig(Config):
@@ -293,6 +342,13 @@ class TrainConfig(Config):
     max_steps: PositiveInt | None = None
     """Stop after this many optimizer steps (overrides ``epochs``)."""
     learning_rate: PositiveFloat = 2e-5
+    lr_scheduler: LRScheduler = "linear"
+    """The learning-rate schedule after warm-up (transformers' ``lr_scheduler_type``)."""
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """The share of the optimizer steps over which the learning rate warms up from 0."""
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: PositiveFloat = 1.0
+    """Gradients are clipped to this norm (transformers' default)."""
     global_batch_size: PositiveInt = 8
     per_device_batch_size: PositiveInt = 1
     bf16: bool = False
@@ -309,6 +365,9 @@ class TrainConfig(Config):
     pick a value that checkpoints a few times per run."""
     resume: bool = True
     parallel: Parallelism = Parallelism()
+    prompt: PromptStyle = "rner"
+    """The instruction the training prompts carry (``tasks.prompts``): ``paper`` is the released ``NER_PROMPT``,
+    with the released answer format as SFT target. Ask the trained model with the same one."""
 
     def batch_units(self) -> list[tuple[int, str]]:
         """What ``global_batch_size`` must be a multiple of, and why."""
@@ -358,21 +417,33 @@ class SFTConfig(TrainConfig):
     """
 
     with_cot: bool = True
-    """False trains on the answer alone (the paper's ablation "SFT on raw labels")."""
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """False trains on the answer alone (the paper's ablation "SFT on raw labels"); the instruction then asks
+    for the answer alone too (``tasks.prompts``)."""
+    add_source: bool = False
+    """``prompt: paper`` only: start each prompt with "This sentence is from <source> dataset." (the record's
+    ``source``), as the released 8B SFT config does (``add_source: true``; its 1.7B config, GRPO and evaluation
+    do not)."""
+    lr_scheduler: LRScheduler = "cosine"
     max_seq_len: PositiveInt = 2048
     too_long: TooLong = "drop"
+    """Over-long examples: dropped by default (a cut reasoning chain, or a prompt without its start, teaches the
+    wrong thing); the released code keeps each one's last ``max_seq_len`` tokens (``truncate_left``)."""
     packing: bool = False
+    padding_free: bool = False
+    """Micro-batches as one unpadded sequence with per-example positions (TRL's ``padding_free``): the same loss
+    as padding, less memory and compute. Needs ``flash_attention`` (other kernels would attend across examples);
+    the stage then tokenizes and cuts the examples itself (TRL cuts nothing in this mode)."""
     PRESETS: ClassVar = {
         "paper": {
             "dataset": "datasets/ner-cot",
             "model": PAPER_BACKBONE,
+            "prompt": "paper",
+            "add_source": True,  # config/sft/qwen3-8b.yaml: add_source: true
             "epochs": 5,
             "learning_rate": 2e-5,
             "lr_scheduler": "cosine",
             "global_batch_size": 256,
-            "per_device_batch_size": 4,
+            "per_device_batch_size": 16,  # x 2 accumulation x 8 GPUs = 256, as released
             "max_seq_len": 8192,
             "bf16": True,
             "gradient_checkpointing": True,
@@ -382,6 +453,14 @@ class SFTConfig(TrainConfig):
             "parallel": {"processes_per_node": 8},
             # 45,787 examples x 5 epochs / 256 = 895 steps: a checkpoint every 150 stores five of them.
             "save_steps": 150,
+            # The rest of the released config/sft/qwen3-8b.yaml (every value: tests/fixtures/released_config.yaml):
+            "warmup_ratio": 0.03,
+            "weight_decay": 0.0,
+            "max_grad_norm": 1.0,
+            "padding_free": True,
+            "too_long": "truncate_left",
+            "seed": 42,
+            "logging_steps": 1,
         },
         "smoke": {
             "dataset": "datasets/ner-cot",
@@ -394,15 +473,43 @@ class SFTConfig(TrainConfig):
             "logging_steps": 1,
         },
     }
+    # The released config/sft/qwen3-1.7b.yaml: the same but for the backbone and 32 x 1 accumulation x 8 GPUs.
+    PRESETS["paper-1.7b"] = PRESETS["paper"] | {"model": PAPER_BACKBONE_1_7B, "per_device_batch_size": 32}
+    PRESETS["paper-1.7b"]["add_source"] = False  # config/sft/qwen3-1.7b.yaml: add_source: false
+
+    @model_validator(mode="after")
+    def _source_line_is_the_papers(self) -> Self:
+        if self.add_source and self.prompt != "paper":
+            raise ValueError("add_source: the source line belongs to the paper instruction (prompt: paper)")
+        return self
+
+    @model_validator(mode="after")
+    def _padding_free_needs_flash_attention(self) -> Self:
+        if self.padding_free and not self.flash_attention:
+            raise ValueError("padding_free needs flash_attention: other attention kernels would attend across examples")
+        if self.packing and (self.padding_free or self.too_long == "truncate_left"):
+            raise ValueError(
+                "packing: TRL packs without padding and cuts what overflows itself; "
+                "leave padding_free off and too_long other than truncate_left"
+            )
+        return self
+
+
+INSTRUCTUIE_20: tuple[str, ...] = (
+    "ACE 2005", "AnatEM", "bc2gm", "bc4chemd", "bc5cdr", "Broad Tweet Corpus", "CoNLL 2003", "FabNER",
+    "FindVehicle", "GENIA_NER", "HarveyNER", "mit-movie", "mit-restaurant", "MultiNERD", "ncbi", "Ontonotes",
+    "PolyglotNER", "TweetNER7", "WikiANN en", "WikiNeural",
+)  # fmt: skip
+"""The 20 supervised NER sets of InstructUIE / UniversalNER by their InstructUIE folder names, in the order of
+the released ``config/dataset/in_domain.json``: the paper's RE datasets (``SampleConfig``) and an eval suite."""
 
 
 class SampleConfig(Config):
     """RE data: stratified sampling from labelled NER sets.
 
     A dataset is a ``source`` value of the examples: a published ``ner`` output may hold several, an
-    InstructUIE folder ``<name>/`` is one (named ``name``). ``total`` is spread evenly over the datasets,
-    each taking at most ``per_dataset_cap`` and at most what it has; what a small dataset cannot give
-    goes to the others.
+    InstructUIE folder ``<name>/`` is one (named ``name``). ``allocation`` says how ``total`` is split over the
+    datasets (``datasets`` picks and orders them); each takes at most ``per_dataset_cap``.
     """
 
     VOLATILE = frozenset({"sources"})
@@ -413,11 +520,38 @@ class SampleConfig(Config):
     split: Literal["train", "dev", "test"] = "train"
     total: PositiveInt
     per_dataset_cap: PositiveInt | None = None
+    allocation: Literal["even", "proportional"] = "even"
+    """``even`` (ours): ``total`` spread as evenly as the sizes allow, smallest dataset first, each taking at most
+    ``per_dataset_cap`` and what it has; what a small dataset cannot give goes to the others, so the sample has
+    exactly ``total`` examples and small datasets are not drowned by large ones. ``proportional`` (the released
+    ``sample_grpo.py``): each dataset gives ``int(total * size / sum of sizes)``, sizes capped at
+    ``per_dataset_cap`` first (its ``max_count``); the floors may leave the sample up to one example per dataset
+    short of ``total``, and the draw replays the released one (one generator seeded with ``seed``, datasets in
+    order, each shuffled whole and its first examples taken)."""
+    datasets: Seq[Name] = ()
+    """Only these datasets (``source`` names) of the sources, in this order; every one when empty (then in name
+    order). The order matters for ``proportional``, whose draw goes dataset by dataset."""
+    shuffle: bool = False
+    """Shuffle the whole sample (seeded), as the released ``--shuffle``; otherwise it comes dataset by dataset."""
     seed: int = 42
     PRESETS: ClassVar = {
-        "paper": {"sources": ["datasets/instructuie"], "total": 4703},
+        # The released README's sample_grpo.py run: --max_count 10000 --shuffle, over config/dataset/in_domain.json.
+        "paper": {
+            "sources": ["datasets/instructuie"],
+            "datasets": list(INSTRUCTUIE_20),
+            "total": 4703,
+            "allocation": "proportional",
+            "per_dataset_cap": 10000,
+            "shuffle": True,
+        },
         "smoke": {"sources": ["demo:train"], "total": 16, "per_dataset_cap": 4},
     }
+
+    @model_validator(mode="after")
+    def _datasets_once(self) -> Self:
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"datasets: each dataset once, not {list(self.datasets)}")
+        return self
 
 
 _FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -514,11 +648,25 @@ class GRPOConfig(TrainConfig):
     beta: Annotated[float, Field(ge=0)] = 0.04
     epsilon: PositiveFloat = 0.2
     learning_rate: PositiveFloat = 1e-6
-    """Not stated in the paper; TRL's GRPO default."""
+    """Not stated in the paper; TRL's GRPO default, and the released config's."""
     per_device_batch_size: PositiveInt = 4
     max_prompt_length: PositiveInt = 1024
     max_completion_length: PositiveInt = 256
     temperature: PositiveFloat = 1.0
+    loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo"] = "dapo"
+    """How the token losses are aggregated (TRL's ``loss_type``; ``dapo``, TRL 1.16's default: over the active
+    tokens of the accumulated batch; ``dr_grpo``, the released config's: over a constant, ``max_completion_length``)."""
+    epsilon_high: PositiveFloat | None = None
+    """Upper clipping bound of the probability ratio (DAPO's clip-higher); ``None``: ``epsilon``."""
+    num_iterations: PositiveInt = 1
+    """Optimizer passes over each generated batch (μ of the GRPO paper): each multiplies the optimizer steps."""
+    importance_sampling_correction: bool = True
+    """Reweight the loss by the ratio of the trainer's to vLLM's token probabilities (TRL's
+    ``vllm_importance_sampling_correction``, on by default; added to TRL in August 2025, after the released code
+    was written). vLLM rollouts only."""
+    kl_bias_correction: bool = True
+    """Multiply the KL term by the probability ratio (TRL's ``use_bias_correction_kl``, DeepSeek-V3.2's unbiased
+    KL estimate; on by default in TRL 1.16, absent from the released code's TRL)."""
     f1_reward_weight: Annotated[float, Field(ge=0)] = 10.0
     schema_reward_weight: Annotated[float, Field(ge=0)] = 1.0
     empty_match_f1: Annotated[float, Field(ge=0, le=1)] = 1.0
@@ -528,16 +676,23 @@ class GRPOConfig(TrainConfig):
     rollout: Rollout = "transformers"
     rollout_gpus: NonNegativeInt = 0
     """GPUs of the node given to the ``trl vllm-serve`` rollout server (``rollout: server``)."""
+    released_split: bool = False
+    """The released code's GPU split: one rollout GPU, and each other rollout GPU trains instead, with the same
+    per-device batch and gradient accumulation, so ``global_batch_size`` grows with the processes. On the
+    ``paper`` preset's 8 GPUs: 7 training + 1 rollout and a global batch of 448 (4 x 16 x 7), where the paper's
+    text (and the preset) has 6 + 2 and 384 (4 x 16 x 6). Setting it rewrites ``rollout_gpus``,
+    ``parallel.processes_per_node`` and ``global_batch_size`` (shown by ``rner config show``)."""
     PRESETS: ClassVar = {
         "paper": {
             "model": PAPER_BACKBONE,
             "dataset": "datasets/re",
+            "prompt": "paper",
             "num_generations": 16,
             "beta": 0.04,
             "epsilon": 0.2,
             "epochs": 1,
-            "global_batch_size": 384,
-            "per_device_batch_size": 16,
+            "global_batch_size": 384,  # 4 x 16 accumulation x 6 GPUs (released: x 7 = 448, see released_split)
+            "per_device_batch_size": 4,
             "max_completion_length": 4096,
             "max_prompt_length": 2048,
             "rollout": "server",
@@ -546,8 +701,28 @@ class GRPOConfig(TrainConfig):
             "gradient_checkpointing": True,
             "deepspeed_zero": 3,
             "parallel": {"processes_per_node": 6},
-            # 4,703 prompts x 16 completions / 384 = 196 steps: a checkpoint every 40 stores four of them.
-            "save_steps": 40,
+            # 4,703 prompts x 16 completions / 384 = 196 generation batches, each trained on num_iterations (4)
+            # times: 784 optimizer steps. A checkpoint every 160 stores four of them (the released code saves
+            # once, at the end of its one epoch: nothing to resume from).
+            "save_steps": 160,
+            # The rest of the released config/grpo/qwen3-8b.yaml (every value: tests/fixtures/released_config.yaml):
+            "loss_type": "dr_grpo",
+            "epsilon_high": 0.28,
+            "num_iterations": 4,
+            "temperature": 0.9,
+            "learning_rate": 1e-6,
+            "lr_scheduler": "cosine",
+            "warmup_ratio": 0.1,
+            "weight_decay": 0.0,
+            "max_grad_norm": 1.0,
+            "flash_attention": True,
+            "f1_reward_weight": 10.0,
+            "schema_reward_weight": 1.0,
+            "empty_match_f1": 0.0,  # the released F1 of an empty answer to an empty gold
+            "importance_sampling_correction": False,  # not in the released code's TRL
+            "kl_bias_correction": False,  # not in the released code's TRL
+            "seed": 42,
+            "logging_steps": 1,
         },
         "smoke": {
             "dataset": "datasets/re",
@@ -560,20 +735,53 @@ class GRPOConfig(TrainConfig):
             "logging_steps": 1,
         },
     }
+    # The released config/grpo/qwen3-1.7b.yaml: the same but for the backbone and 16 x 4 accumulation (x 6 = 384).
+    PRESETS["paper-1.7b"] = PRESETS["paper"] | {"model": PAPER_BACKBONE_1_7B, "per_device_batch_size": 16}
 
     @property
     def sequences_per_example(self) -> int:
         """Each prompt makes ``num_generations`` completions; ``global_batch_size`` counts completions."""
         return self.num_generations
 
+    def total_steps(self, examples: int) -> int:
+        """Each generated batch is trained on ``num_iterations`` times, an optimizer step each."""
+        return super().total_steps(examples) * (1 if self.max_steps else self.num_iterations)
+
     def batch_units(self) -> list[tuple[int, str]]:
         group = f"num_generations ({self.num_generations}): each prompt's completions form one group"
         return [*super().batch_units(), (self.num_generations, group)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_released_split(cls, data: Any) -> Any:
+        """``released_split: true`` on the GPUs the rest of the config gives (its preset's included): every rollout
+        GPU but one trains, with the same per-device batch and accumulation. Idempotent (a dumped config, read back,
+        is the same config); values that are not numbers are left for the fields' own validation to report."""
+        data = cls._expand_preset(data)  # the subclass's validator runs first: the preset's GPUs, then the split
+        if not isinstance(data, dict):
+            return data
+        try:
+            split = TypeAdapter(bool).validate_python(data.get("released_split", False))
+            parallel = data.get("parallel") or {}
+            parallel = parallel.model_dump() if isinstance(parallel, BaseModel) else dict(parallel)
+            fields = cls.model_fields
+            rollout = int(data.get("rollout_gpus", fields["rollout_gpus"].default))
+            processes = int(parallel.get("processes_per_node", Parallelism.model_fields["processes_per_node"].default))
+            batch = int(data.get("global_batch_size", fields["global_batch_size"].default))
+        except (ValidationError, TypeError, ValueError):
+            return data
+        if not split or rollout <= 1 or batch % processes:
+            return data
+        trainers = processes + rollout - 1
+        parallel["processes_per_node"] = trainers
+        return {**data, "rollout_gpus": 1, "parallel": parallel, "global_batch_size": batch // processes * trainers}
 
     @model_validator(mode="after")
     def _server_has_gpus(self) -> Self:
         if (self.rollout == "server") != (self.rollout_gpus > 0):
             raise ValueError("rollout_gpus > 0 goes with rollout: server (the GPUs its vLLM server runs on), only")
+        if self.released_split and self.rollout != "server":
+            raise ValueError("released_split: the released GPU split is for rollout: server (one rollout GPU)")
         return self
 
 
@@ -583,12 +791,7 @@ EVAL_SUITES: dict[str, tuple[str, ...]] = {
         "CrossNER_AI", "CrossNER_literature", "CrossNER_music", "CrossNER_politics", "CrossNER_science",
         "mit-movie", "mit-restaurant",
     ),
-    # The 20 supervised NER sets of InstructUIE / UniversalNER, by their InstructUIE folder names.
-    "instructuie_20": (
-        "ACE 2005", "AnatEM", "bc2gm", "bc4chemd", "bc5cdr", "Broad Tweet Corpus", "CoNLL 2003", "FabNER",
-        "FindVehicle", "GENIA_NER", "HarveyNER", "mit-movie", "mit-restaurant", "MultiNERD", "ncbi", "Ontonotes",
-        "PolyglotNER", "TweetNER7", "WikiANN en", "WikiNeural",
-    ),
+    "instructuie_20": INSTRUCTUIE_20,
 }  # fmt: skip
 """Named eval suites: InstructUIE folder names, resolved under ``EvalConfig.suite_root``."""
 
@@ -618,6 +821,11 @@ class EvalConfig(Config):
     endpoint has none at hand, so without this its report counts completion tokens only)."""
     per_label_dataset: Name | None = None
     """The dataset whose per-label F1 is charted; default: the one with the most gold entities."""
+    prompt: PromptStyle = "rner"
+    """The instruction to ask with: the one the model was trained with (``paper`` for the authors' checkpoints)."""
+    with_cot: bool = True
+    """Whether the model reasons before it answers; ``false`` asks a model trained on answers alone (SFT with
+    ``with_cot: false``) for the answer alone (the ``paper`` instruction is the same either way)."""
     shard_size: PositiveInt = 64
     concurrency: PositiveInt = 256
     """Requests in flight to the server. vLLM batches up to 256 sequences by default (128 on a CPU, 1024 on
@@ -629,6 +837,7 @@ class EvalConfig(Config):
     PRESETS: ClassVar = {
         "paper": {
             "model": {"kind": "vllm", "model": PAPER_BACKBONE, "max_model_len": 8192},
+            "prompt": "paper",
             "suite": "crossner_mit",
             "sampling": {"max_tokens": 4096},
         },
@@ -690,6 +899,11 @@ class PipelineConfig(Config):
             "grpo": GRPOConfig.PRESETS["paper"],
             "evaluate": EvalConfig.PRESETS["paper"],
         },
+    }
+    # The paper's method on the 1.7B backbone, as the authors released its training configs.
+    PRESETS["paper-1.7b"] = PRESETS["paper"] | {
+        "sft": SFTConfig.PRESETS["paper-1.7b"],
+        "grpo": GRPOConfig.PRESETS["paper-1.7b"],
     }
 
     @model_validator(mode="after")

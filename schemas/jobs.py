@@ -42,7 +42,15 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from schemas.base import Config, Name, Seq
-from schemas.configs import CGConfig, EvalConfig, GRPOConfig, SFTConfig, TransformersRunner, VLLMLaunch
+from schemas.configs import (
+    TEACHER_KEY_ENV,
+    CGConfig,
+    EvalConfig,
+    GRPOConfig,
+    SFTConfig,
+    TransformersRunner,
+    VLLMLaunch,
+)
 
 CONTAINER_HOME = "/var/lib/rner"
 """``RNER_HOME`` in the project's images (images/*/Dockerfile), writable for any uid."""
@@ -75,9 +83,11 @@ FORWARDED_ENV = (
     "RNER_STORE_TIMEOUT_S",
     "RNER_STORE_RETRIES",
     "HF_TOKEN",
+    TEACHER_KEY_ENV,
 )
 """What a container gets from the orchestrator's environment by default: where the store is and how to
-reach it. Only names are configured; the values are read when the container starts and never logged."""
+reach it, and the ``paper`` teacher endpoint's API key. Only names are configured; the values are read when the
+container starts and never logged."""
 
 
 class Images(Config):

@@ -27,15 +27,19 @@ Score = Annotated[float, Field(ge=0, le=10)]
 
 
 class Mention(Record):
-    """An entity as a model states it: surface text and type, no position (yet)."""
+    """An entity as a model states it: surface text and type, no position (yet).
 
-    text: Annotated[str, Field(min_length=1)]
+    The text may be empty: a model that answers ``"person": [""]`` has predicted something, and the paper's
+    metric counts it (``tasks.parse`` keeps such mentions only when asked to, for evaluation)."""
+
+    text: Annotated[str, Field(min_length=0)]  # a length constraint makes pydantic refuse lone surrogates
     label: Name
 
 
 class Entity(Mention):
-    """A mention grounded in its passage."""
+    """A mention grounded in its passage: never empty."""
 
+    text: Annotated[str, Field(min_length=1)]
     start: NonNegativeInt
     end: NonNegativeInt
 

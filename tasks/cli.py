@@ -4,12 +4,14 @@
     rner score --gold G.jsonl --pred P.jsonl    # paper-metric F1 per dataset (--mode strict, --json)
     rner schemas export DIR                     # JSON Schema of every contract
     rner config show sft --preset paper         # a complete stage config to start from
+    rner config diff --preset paper --against grpo.yaml   # where a config departs from a preset
     rner data demo                              # demo passages into the store as raw CG input
     rner cg run --config cg.yaml                # CoT generation; also cg annotate|validate|judge|publish
     rner data import --config import.yaml       # labelled NER data (JSONL, InstructUIE, CoNLL, hub) into the store
     rner data sample --config sample.yaml       # RE data: a stratified sample of labelled NER sets
     rner data mix --config mix.yaml             # several CoT datasets into one training set
     rner train sft --config sft.yaml            # CT; `rner train grpo` for RE (N processes x M nodes)
+    rner train plan grpo --config grpo.yaml     # per-GPU memory of training and its servers (--gpu, --json)
     rner eval --config eval.yaml                # zero-shot F1 report on eval sets
     rner report ADDRESS=LABEL …                 # one table comparing models across datasets (+ a chart)
     rner extract --labels person,city --text …  # entities with character offsets
@@ -29,11 +31,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from schemas import DEMO_PASSAGES, EXPORTED, STAGE_CONFIGS, Config
-from tasks.config import build_config, dump_config, load_config
+from schemas import DEMO_PASSAGES, EXPORTED, STAGE_CONFIGS, Config, PipelineConfig
+from tasks.config import ABSENT, build_config, diff_configs, dump_config, load_config, stage_of
 from tasks.evaluate import cli_eval
 from tasks.extract import cli_extract
 from tasks.launch import train_command
+from tasks.memory_plan import cli_plan
 from tasks.models import ensure_default_model
 from tasks.report import cli_report
 from tasks.score import report_table, score_files
@@ -88,6 +91,7 @@ train_app = typer.Typer(no_args_is_help=True, help="Training: CoT SFT (CT) and G
 app.add_typer(train_app, name="train")
 for _name in ("sft", "grpo"):
     train_app.command(_name)(train_command(_name))
+train_app.command("plan")(cli_plan)
 app.command("eval")(cli_eval)
 app.command("extract")(cli_extract)
 app.command("report")(cli_report)
@@ -121,7 +125,7 @@ def schemas_export(directory: Path) -> None:
 @config_app.command("show")
 def config_show(
     stage: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGE_CONFIGS)}.")],
-    preset: Annotated[str | None, typer.Option(help="Start from this preset (paper, smoke).")] = None,
+    preset: Annotated[str | None, typer.Option(help="Start from this preset (paper, paper-1.7b, smoke).")] = None,
     file: Annotated[Path | None, typer.Option(help="A YAML config to validate and complete.")] = None,
 ) -> None:
     """Print a complete, validated stage config as YAML (a preset, a file, or both)."""
@@ -133,6 +137,41 @@ def config_show(
     else:
         config = build_config(cls, {"preset": preset} if preset else {}, source=f"{stage} defaults")
     print(dump_config(config), end="")
+
+
+DIFFABLE: dict[str, type[Config]] = {**STAGE_CONFIGS, "pipeline": PipelineConfig}
+
+
+@config_app.command("diff")
+def config_diff(
+    preset: Annotated[str, typer.Option(help="The preset to compare with (paper, paper-1.7b, smoke).")],
+    against: Annotated[Path, typer.Option(help="A YAML config (it may start from a preset itself).")],
+    stage: Annotated[
+        str | None, typer.Option(help=f"Whose config the file is: {', '.join(DIFFABLE)} (default: told by its fields).")
+    ] = None,
+) -> None:
+    """Every field where a config file (as it would run: its own preset, if any, and the defaults filled in)
+    differs from a preset: one line per field, its name, the preset's value and the file's."""
+    if stage is not None and stage not in DIFFABLE:
+        raise typer.BadParameter(f"must be one of {', '.join(DIFFABLE)}", param_hint="--stage")
+    stage = stage or stage_of(against, DIFFABLE)
+    cls = DIFFABLE[stage]
+    base = build_config(cls, {"preset": preset}, source=f"{stage} preset {preset!r}")
+    differences = diff_configs(base, load_config(cls, against))
+    rows = [(name, _shown(mine), _shown(theirs)) for name, mine, theirs in differences]
+    header = ("field", f"preset {preset}", str(against))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(2)]
+    for row in [header, *rows]:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip())
+    err = Console(stderr=True)
+    err.print(f"{stage}: {len(rows)} field(s) of {against} differ from preset {preset}", highlight=False)
+
+
+def _shown(value: Any) -> str:
+    """A value as one line: strings as they are, ``-`` for a field the config does not have, the rest as JSON."""
+    if value is ABSENT:
+        return "-"
+    return value if isinstance(value, str) and value.strip() == value and value else json.dumps(value)
 
 
 @model_app.command("default")

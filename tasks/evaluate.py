@@ -15,14 +15,16 @@ Usage::
 The model is any ``Generator``: an ``Endpoint`` (a running OpenAI-compatible server), a ``VLLMLaunch`` (a
 vLLM server started for the run and always stopped) or a ``TransformersRunner`` (in-process, for small
 runs); a caller that already runs a server for it passes ``endpoint``. Eval sets are described in
-``tasks.eval_sets``. Every example is asked with the one NER prompt, carrying its dataset's entity types
-without the paper's catch-all labels (``metrics.paper_labels``), decoded greedily unless ``sampling`` says
-otherwise. Server generation runs on the shared LLM stage machinery (``tasks.llm_stage``): shards commit as
-they finish and finished requests are cached under the output, so a rerun resumes; in-process generation
-commits the same shards.
+``tasks.eval_sets``. Every example is asked with the NER instruction the config names (``prompt``: ours, or
+``paper``, the released one, to score the authors' checkpoints as their evaluate.py does; ``with_cot``),
+carrying its dataset's entity types without the paper's catch-all labels (``metrics.paper_labels``),
+decoded greedily unless ``sampling`` says otherwise. Server generation runs on the shared LLM stage
+machinery (``tasks.llm_stage``): shards commit as they finish and finished requests are cached under the
+output, so a rerun resumes; in-process generation commits the same shards.
 
-Each completion is parsed and grounded into a ``Prediction``. One that does not parse is an empty prediction
-with ``parse_error`` set and counts in the parse-failure rate. Metrics are paper mode (the released
+Each completion is parsed and grounded into a ``Prediction``; empty mentions (``"person": [""]``) are kept, as
+the released metric counts them. One that does not parse is an empty prediction with ``parse_error`` set and
+counts in the parse-failure rate. Metrics are paper mode (the released
 UniversalNER/SQuAD evaluation) and strict spans, per dataset and the unweighted average over datasets,
 computed as ``rner score`` computes them on the stored gold and predictions.
 
@@ -46,7 +48,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -65,7 +68,7 @@ from schemas import (
     output_address,
     sha256_hex,
 )
-from schemas.configs import Generator, LLMStage
+from schemas.configs import Generator, LLMStage, PromptStyle
 from tasks.errors import RnerError
 from tasks.eval_report import ALL, bar_chart, generation_stats, report_markdown
 from tasks.eval_sets import EvalSet, load_eval_sets, select_examples
@@ -75,7 +78,7 @@ from tasks.llm_stage import Progress, map_requests, pending_shards, serving
 from tasks.metrics import Report, paper_labels, score
 from tasks.models import resolve_model
 from tasks.parse import ground, parse_completion
-from tasks.prompts import INSTRUCTION, Message, ner_messages, prompt_digest
+from tasks.prompts import INSTRUCTION, Message, instruction_template, ner_messages, prompt_digest
 from tasks.score import pair, report_table
 from tasks.stage_cli import stage_main
 from tasks.store import Output, Published, Store
@@ -84,20 +87,30 @@ if TYPE_CHECKING:
     from tasks.generate import Completion
 
 PROMPT = prompt_digest(INSTRUCTION)
+"""The digest of the default instruction (ours, with reasoning); ``prompt_id`` gives any config's."""
 
 
 class EvalError(RnerError, ValueError):
     """An evaluation that cannot run as configured."""
 
 
-def messages(example: NERExample) -> list[Message]:
+def prompt_id(config: EvalConfig) -> str:
+    """The digest of the instruction ``config`` asks with: part of the output's address and its report."""
+    return prompt_digest(instruction_template(config.prompt, with_cot=config.with_cot))
+
+
+def messages(example: NERExample, *, prompt: PromptStyle = "rner", with_cot: bool = True) -> list[Message]:
     """The prompt of one example: its schema without catch-all labels, as the paper's evaluation asks."""
-    return ner_messages(example.text, paper_labels(example.labels))
+    return ner_messages(example.text, paper_labels(example.labels), prompt=prompt, with_cot=with_cot)
+
+
+def config_messages(config: EvalConfig) -> Callable[[NERExample], list[Message]]:
+    return partial(messages, prompt=config.prompt, with_cot=config.with_cot)
 
 
 def prediction(example: NERExample, completion: str, generation: Generation | None = None) -> Prediction:
     """A completion parsed and grounded; an unreadable one is an empty prediction that says why."""
-    parsed = parse_completion(completion)
+    parsed = parse_completion(completion, keep_blank=True)
     grounded = ground(example.text, parsed.mentions)
     return Prediction(
         id=example.id,
@@ -136,7 +149,7 @@ def run(
         known = ", ".join(sorted(datasets))
         raise EvalError(f"per_label_dataset {config.per_label_dataset!r} is not among the datasets: {known}")
     identity = model_identity(config.model)
-    digest = sha256_hex(canonical_json({"config": config_hash(config), "prompt": PROMPT, "model": identity}))
+    digest = sha256_hex(canonical_json({"config": config_hash(config), "prompt": prompt_id(config), "model": identity}))
     out = store.output(output_address("evaluate", digest, [s.ref.digest for s in sets], prefix="evals"))
     if (published := out.published()) is not None:
         return published
@@ -164,7 +177,7 @@ def _generate_on_server(
             examples,
             config=requests,
             endpoint=ep,
-            messages=messages,
+            messages=config_messages(config),
             build=lambda ex, r: prediction(ex, r.text, r.generation(ep.model, config.sampling)),
             record_type=Prediction,
             progress=progress,
@@ -187,7 +200,7 @@ def _generate_locally(
     if progress:
         progress(done, total)
     for name, shard in pending:
-        conversations = [messages(ex) for ex in shard]
+        conversations = [config_messages(config)(ex) for ex in shard]
         completions = generator.complete(conversations, config.sampling)
         records = [
             prediction(ex, c.text, _local_generation(runner.model, conversation, config, c))
@@ -258,7 +271,7 @@ def _publish(
         "completion_tokens": sum(p.generation.completion_tokens for p in predictions if p.generation),
         "dropped_gold": sum(s.dropped_gold for s in sets),
         "model_identity": identity,
-        "prompt": PROMPT,
+        "prompt": prompt_id(config),
     }
     inputs = [s.ref for s in sets]
     return out.publish(kind="predictions", stage="evaluate", config=config, files=files, inputs=inputs, stats=summary)
@@ -281,7 +294,8 @@ def _header(config: EvalConfig, sets: list[EvalSet], identity: str, examples: in
     s = config.sampling
     lines = [
         f"- model: `{config.model.model}` ({config.model.kind}), identity `{identity[:23]}`",
-        f"- decoding: temperature {s.temperature:g}, top_p {s.top_p:g}, max_tokens {s.max_tokens}; prompt `{PROMPT}`",
+        f"- decoding: temperature {s.temperature:g}, top_p {s.top_p:g}, max_tokens {s.max_tokens}; "
+        f"prompt {config.prompt} `{prompt_id(config)}`",
         f"- {examples} examples from: {', '.join(f'`{e.origin}`' for e in sets)}",
     ]
     dropped = sum(e.dropped_gold for e in sets)

@@ -15,6 +15,11 @@ Usage::
     rner extract --model default --labels "person,organization" --text "..."
     rner extract --model ner --base-url http://h:8000/v1 --tokenizer /models/ner --context 32768 \\
         --labels person --input docs.jsonl --output found.jsonl --reasoning
+    rner extract --model outputs/qwen3-8b-grpo --vllm --prompt paper --labels person --text "..."
+
+The model is asked with the instruction it was trained with: ``prompt`` ``rner`` (ours, the default; with
+``with_cot=False``, ``--answer-only``, for a model trained on answers alone) or ``paper`` (the released one,
+for the authors' checkpoints); see ``tasks.prompts``.
 
 Inputs and outputs. ``extract`` takes texts (with the ``labels`` given) or ``Passage`` records (their own
 ``labels``, else the given ones), batched: every chunk of every text is sent at once, at most ``concurrency``
@@ -56,14 +61,14 @@ from typing import Annotated, Any, Self
 import typer
 
 from schemas import Endpoint, Entity, Mention, Passage, Prediction, SamplingParams, TransformersRunner, VLLMLaunch
-from schemas.configs import DEFAULT_MODEL, Generator
+from schemas.configs import DEFAULT_MODEL, Generator, PromptStyle
 from tasks.errors import RnerError
 from tasks.jsonl import parse_lines
 from tasks.llm import LLMClient
 from tasks.llm_stage import Progress
 from tasks.models import resolve_model
 from tasks.parse import ground, parse_completion
-from tasks.prompts import Message, ner_messages, render_prompt
+from tasks.prompts import PROMPT_STYLES, Message, ner_messages, render_prompt
 from tasks.serving import serve
 from tasks.stage_cli import clean_errors, err
 
@@ -251,8 +256,14 @@ class Extractor:
         concurrency: int = 16,
         request_timeout_s: float = 600.0,
         max_retries: int = 5,
+        prompt: PromptStyle = "rner",
+        with_cot: bool = True,
     ) -> None:
+        if prompt not in PROMPT_STYLES:
+            raise ExtractError(f"unknown prompt {prompt!r} (known: {', '.join(PROMPT_STYLES)})")
         self.spec = TransformersRunner(model=model) if isinstance(model, str) else model
+        self.prompt: PromptStyle = prompt
+        self.with_cot = with_cot
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
         self.context_tokens = context_tokens
         self.overlap_tokens = overlap_tokens
@@ -309,7 +320,7 @@ class Extractor:
     def budget(self, labels: tuple[str, ...]) -> int:
         """Tokens of text a chunk may have with these entity types in the prompt."""
         if labels not in self._budgets:
-            prompt = render_prompt(self.tokenizer, ner_messages("", labels))
+            prompt = render_prompt(self.tokenizer, self.messages("", labels))
             overhead = token_counter(self.tokenizer)([prompt])[0]
             budget = self.context - self.sampling.max_tokens - overhead - MARGIN_TOKENS
             if budget < MIN_CHUNK_TOKENS:
@@ -319,6 +330,10 @@ class Extractor:
                 )
             self._budgets[labels] = budget
         return self._budgets[labels]
+
+    def messages(self, text: str, labels: Sequence[str]) -> list[Message]:
+        """The request for one chunk, in the instruction the extractor asks with."""
+        return ner_messages(text, labels, prompt=self.prompt, with_cot=self.with_cot)
 
     def chunks(self, text: str, labels: tuple[str, ...]) -> list[Span]:
         budget = self.budget(labels)
@@ -337,7 +352,7 @@ class Extractor:
                 where = f"text {i}" if isinstance(item, str) else f"passage {item.id!r}"
                 raise ExtractError(f"{where}: no entity types to extract (give labels, e.g. ['person', 'location'])")
             jobs.append((text, schema, self.chunks(text, schema)))
-        conversations = [ner_messages(text[s:e], schema) for text, schema, chunks in jobs for s, e in chunks]
+        conversations = [self.messages(text[s:e], schema) for text, schema, chunks in jobs for s, e in chunks]
         answers = iter(self._complete(conversations, progress))
         return [merge(text, schema, chunks, [next(answers) for _ in chunks]) for text, schema, chunks in jobs]
 
@@ -437,6 +452,12 @@ def cli_extract(
     context: Annotated[int | None, typer.Option(help="Context window in tokens (default: the model's).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Answer budget per chunk, reasoning included.")] = 1024,
     concurrency: Annotated[int, typer.Option(help="Requests in flight to a server.")] = 16,
+    prompt: Annotated[
+        str, typer.Option(help="The instruction the model was trained with: rner (ours) or paper (the released one).")
+    ] = "rner",
+    answer_only: Annotated[
+        bool, typer.Option("--answer-only", help="The model was trained on answers alone: ask for no reasoning.")
+    ] = False,
 ) -> None:
     """Extract entities with character offsets: one JSON line (a Prediction) per text."""
     if (text is None) == (input_path is None):
@@ -445,6 +466,7 @@ def cli_extract(
     items = [Passage(id="text", text=text)] if text is not None else read_inputs(input_path, schema)  # type: ignore[arg-type]
     spec = generator_spec(model, base_url, api_key, vllm, context)
     options = {"max_tokens": max_tokens, "context_tokens": context, "tokenizer": tokenizer, "concurrency": concurrency}
+    options |= {"prompt": prompt, "with_cot": not answer_only}
     with Extractor(spec, **options) as extractor, progress_bar("extracting") as bar:  # type: ignore[arg-type]
         results = extractor.extract(items, schema, progress=bar)
     lines = "".join(

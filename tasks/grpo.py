@@ -39,15 +39,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trl
 from transformers import AutoTokenizer
 
 from schemas import GRPOConfig, NERExample
+from schemas.configs import PromptStyle
 from tasks.launch import ROLLOUT_GPUS_ENV, without_torchrun
 from tasks.metrics import paper_labels
 from tasks.prompts import ner_messages
@@ -56,15 +58,16 @@ from tasks.serving import HOST, free_port, run_server
 from tasks.settings import Settings
 from tasks.stage_cli import stage_main
 from tasks.store import Published, Store
-from tasks.train_stage import Device, Progress, TrainError, TrainingRun, count_tokens
+from tasks.train_stage import Device, Progress, TrainError, TrainingRun, count_tokens, training_arguments
 
 ROLLOUT_STARTUP_S = 1800.0
 CURVES = ("reward", "rewards/f1_reward/mean", "rewards/schema_reward/mean", "loss", "kl", "completions/mean_length")
 
 
-def grpo_example(example: NERExample) -> dict[str, Any]:
-    """A prompt, and the example itself for the rewards."""
-    return {"prompt": ner_messages(example.text, paper_labels(example.labels)), "example": example.model_dump_json()}
+def grpo_example(example: NERExample, *, prompt: PromptStyle = "rner") -> dict[str, Any]:
+    """A prompt (the instruction of ``prompt``, asking for reasoning), and the example itself for the rewards."""
+    messages = ner_messages(example.text, paper_labels(example.labels), prompt=prompt)
+    return {"prompt": messages, "example": example.model_dump_json()}
 
 
 def rollout_problems(config: GRPOConfig, device: Device) -> list[str]:
@@ -105,6 +108,35 @@ def rollout_server(config: GRPOConfig, model_path: str) -> Iterator[str]:
         yield f"http://{HOST}:{port}"
 
 
+def grpo_arguments(config: GRPOConfig, device: Device, workdir: Path, server_url: str | None = None) -> dict[str, Any]:
+    """The ``trl.GRPOConfig`` of a run, as keyword arguments: ``training_arguments`` and GRPO's own (``server_url``:
+    the rollout server's, ``rollout: server`` on the first process). Pure (no model, no GPU): tests build the
+    trainer config of every preset from it."""
+    return {
+        **training_arguments(config, device, workdir),
+        "num_generations": config.num_generations,
+        "beta": config.beta,
+        "epsilon": config.epsilon,
+        "epsilon_high": config.epsilon_high,
+        "num_iterations": config.num_iterations,
+        "loss_type": config.loss_type,
+        "max_completion_length": config.max_completion_length,
+        "temperature": config.temperature,
+        "reward_weights": [config.f1_reward_weight, config.schema_reward_weight],
+        "use_vllm": config.rollout != "transformers",
+        "vllm_mode": "colocate" if config.rollout == "colocate" else "server",
+        "vllm_server_base_url": server_url,
+        "vllm_max_model_length": config.max_prompt_length + config.max_completion_length,
+        "vllm_importance_sampling_correction": config.importance_sampling_correction,
+        "use_bias_correction_kl": config.kl_bias_correction,
+    }
+
+
+def reward_functions(config: GRPOConfig) -> list[Callable[..., list[float]]]:
+    """The rewards, in the order of ``reward_weights``: F1 (with ``empty_match_f1``), schema."""
+    return [partial(f1_reward, empty_match=config.empty_match_f1), schema_reward]
+
+
 def run(
     config: GRPOConfig, store: Store, *, progress: Progress | None = None, settings: Settings | None = None
 ) -> Published:
@@ -124,29 +156,17 @@ def run(
     first = int(os.environ.get("RANK", "0")) == 0
     server = rollout_server(config, training.base.path) if config.rollout == "server" and first else nullcontext()
     with server as server_url:
-        args = trl.GRPOConfig(
-            **training.arguments(),
-            num_generations=config.num_generations,
-            beta=config.beta,
-            epsilon=config.epsilon,
-            max_completion_length=config.max_completion_length,
-            temperature=config.temperature,
-            reward_weights=[config.f1_reward_weight, config.schema_reward_weight],
-            use_vllm=config.rollout != "transformers",
-            vllm_mode="colocate" if config.rollout == "colocate" else "server",
-            vllm_server_base_url=server_url,
-            vllm_max_model_length=config.max_prompt_length + config.max_completion_length,
-        )
+        args = trl.GRPOConfig(**grpo_arguments(config, training.device, training.workdir, server_url))
         training.fetch_checkpoint()
         tokenizer = AutoTokenizer.from_pretrained(training.base.path, padding_side="left")
         dataset = training.dataset(
-            grpo_example,
+            partial(grpo_example, prompt=config.prompt),
             lambda row: count_tokens(tokenizer, row["prompt"], add_generation_prompt=True),
             config.max_prompt_length,
             config.too_long,
             "a prompt",
         )
-        rewards = [partial(f1_reward, empty_match=config.empty_match_f1), schema_reward]
+        rewards = reward_functions(config)
         return training.train(
             trl.GRPOTrainer,
             reward_funcs=rewards,

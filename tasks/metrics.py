@@ -15,19 +15,26 @@ Usage::
 
 Modes
 -----
-``paper`` (default) reproduces the paper's released evaluation, which is the UniversalNER one, itself
-SQuAD's answer normalisation. Per example, gold and prediction are each turned into a SET of
-``(normalize(text), label.lower())`` pairs, where ``normalize`` lowercases, deletes every character of
-``string.punctuation``, replaces the whole words a/an/the with a space, and collapses whitespace, in that
+``paper`` (default) reproduces the paper's released evaluation (``rner/metric.py`` ``compute_f1`` and
+``rner/protocol.py`` ``InputExample.to_set`` of HuiResearch/ReasoningIE), which is the UniversalNER one,
+itself SQuAD's answer normalisation. Per example, gold and prediction are each turned into a SET of
+``(normalize(text), label.lower().strip())`` pairs, where ``normalize`` lowercases, deletes every character
+of ``string.punctuation``, replaces the whole words a/an/the with a space, and collapses whitespace, in that
 order ("The U.S." -> "us", "theater" and "Anne" are kept whole). Offsets are ignored, so bare
 ``Mention`` predictions (no span) score exactly like ``Entity`` ones, and a mention predicted twice, or
 at two places of the passage, counts once.
 
-Gold entities whose label is a catch-all (``DROPPED_LABELS``: na, n a, misc, else, other, nan) are
-dropped, and ``paper_labels`` drops them from an example's schema before it is put in a prompt. A label
-is a catch-all when its lowercased, stripped spelling OR its normalised spelling is in the set, so "N/A"
-("na") and "MISC" are dropped too. Predictions are never filtered: a prediction with such a label
-counts as predicted and, since no gold pair carries that label, can only be a false positive.
+Nothing is dropped for normalising to nothing, as in the released code: an empty mention (``"type": [""]``,
+which the parser keeps for evaluation, see ``tasks.parse``), a whitespace-only one and a punctuation-only
+one ("-", "...") are each the pair ``("", type)``, so they count as one prediction per type, a false
+positive unless the gold has a mention of that type that normalises to nothing too.
+
+Gold entities whose label is a catch-all are dropped, and ``paper_labels`` drops them from an example's
+schema before it is put in a prompt. A label is a catch-all as the released ``is_valid_label`` decides:
+blank, or lowercased and stripped one of ``DROPPED_LABELS`` (na, n a, misc, else, other, nan). "MISC" and
+" Other " are; "N/A" ("n/a") is not, and stays a label like any other. Predictions are never filtered: a
+prediction with such a label counts as predicted and, since no gold pair carries that label, can only be
+a false positive.
 
 ``strict`` compares exact character spans: ``(start, end, label)`` as a MULTISET (a duplicated
 prediction counts twice; it matches twice only if the gold has the span twice). No normalisation, no
@@ -46,8 +53,12 @@ code gives 0.0, pass ``empty_match=0.0`` for that).
 Examples are grouped into datasets by ``NERExample.source`` (an empty source is dataset
 ``"default"``). Each dataset gets its own micro scores and per-label scores; ``average_f1`` is the
 unweighted mean of the dataset F1s, so a small dataset weighs as much as a large one. Per-label keys
-are the labels that occur in the gold or the predictions (lowercased in paper mode, as given in
-strict mode); a schema label never seen in either has nothing to report and is absent.
+are the labels that occur in the gold or the predictions (lowercased and stripped in paper mode, as given
+in strict mode); a schema label never seen in either has nothing to report and is absent.
+
+The released ``evaluate.py`` prints each dataset's F1 in percent rounded to two decimals, and as
+"Average" the mean of those ROUNDED numbers, rounded again; ``Report.released`` gives exactly these
+numbers (``average_f1`` rounded can differ from their Average in the last digit).
 
 Speed
 -----
@@ -73,7 +84,7 @@ Mode = Literal["paper", "strict"]
 MODES: tuple[Mode, ...] = ("paper", "strict")
 
 DROPPED_LABELS: frozenset[str] = frozenset({"na", "n a", "misc", "else", "other", "nan"})
-"""Catch-all labels the paper removes from schemas and gold (compared lowercased+stripped or normalised)."""
+"""Catch-all labels the paper removes from schemas and gold (compared lowercased and stripped)."""
 
 DEFAULT_DATASET = "default"
 
@@ -104,8 +115,15 @@ def normalize(text: str) -> str:
 
 @lru_cache(maxsize=1024)
 def is_dropped_label(label: str) -> bool:
-    """Whether the paper drops this label (see ``DROPPED_LABELS``): "MISC", " other ", "N/A" are."""
-    return label.lower().strip() in DROPPED_LABELS or normalize(label) in DROPPED_LABELS
+    """Whether the paper drops this label, as the released ``is_valid_label`` decides: blank, or one of
+    ``DROPPED_LABELS`` once lowercased and stripped ("MISC" and " other " are, "N/A" is not)."""
+    key = label.lower().strip()
+    return not key or key in DROPPED_LABELS
+
+
+def paper_label(label: str) -> str:
+    """A label as the paper compares it (the released ``process_label``): lowercased, stripped."""
+    return label.lower().strip()
 
 
 def paper_labels(labels: Iterable[str]) -> tuple[str, ...]:
@@ -182,8 +200,8 @@ class _Memo(dict[str, _V]):
 # Texts recur across examples (same names, same products) and labels recur always, so normalisation
 # and lowercasing are paid once per distinct string. Gold labels map to None when the paper drops them.
 _NORMALIZED: _Memo[str] = _Memo(normalize.__wrapped__)
-_GOLD_LABEL: _Memo[str | None] = _Memo(lambda label: None if is_dropped_label(label) else label.lower())
-_PRED_LABEL: _Memo[str] = _Memo(str.lower)
+_GOLD_LABEL: _Memo[str | None] = _Memo(lambda label: None if is_dropped_label(label) else paper_label(label))
+_PRED_LABEL: _Memo[str] = _Memo(paper_label)
 
 
 def clear_caches() -> None:
@@ -284,13 +302,24 @@ class Report:
     per_label: dict[str, PRF]
     average_f1: float
 
+    @property
+    def released(self) -> dict[str, Any]:
+        """The numbers the released ``evaluate.py`` prints and stores, in percent: each dataset's F1 rounded to
+        two decimals (``round(f1 * 100, 2)``), and its "Average", the mean of those ROUNDED values rounded again
+        (0 with no datasets, where the released code divides by zero)."""
+        per_dataset = {name: round(d.micro.f1 * 100, 2) for name, d in self.per_dataset.items()}
+        average = round(sum(per_dataset.values()) / len(per_dataset), 2) if per_dataset else 0.0
+        return {"per_dataset": per_dataset, "average": average}
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data; ratios as floats in [0, 1], per-dataset and per-label entries sorted by name."""
+        """Plain JSON data; ratios as floats in [0, 1], per-dataset and per-label entries sorted by name;
+        ``released``: the released evaluation's rounded percentages (``Report.released``)."""
         return {
             "mode": self.mode,
             "micro": self.micro.to_dict(),
             "per_dataset": {name: self.per_dataset[name].to_dict() for name in sorted(self.per_dataset)},
             "average_f1": self.average_f1,
+            "released": self.released,
             "per_label": _labels_dict(self.per_label),
         }
 

@@ -36,21 +36,24 @@ lenient about the wrapping and strict about the content:
   synonyms text|entity|name|span|mention and label|type|category|entity_type (other keys ignored);
   a lone ``{"text": "Ada", "label": "person"}`` object is one mention. ``{}``, ``[]``,
   ``{"entities": {}}`` and ``{"entities": []}`` are valid empty answers. Anything else is "bad_shape".
-- Mentions. Text and label are stripped; a mention left with an empty text or label, or one the
-  ``Mention`` contract rejects (a label over 512 characters, a lone surrogate), is dropped. Duplicates
+- Mentions. Text and label are stripped; a mention left with an empty label, or one the ``Mention``
+  contract rejects (a label over 512 characters, a lone surrogate), is dropped. One left with an empty
+  text (``"person": [""]``, ``"person": ["  "]``) is dropped too, unless ``keep_blank=True``: then it is
+  kept as ``Mention(text="", ...)``, as the released evaluation keeps it (it counts as a prediction in
+  the paper metric; evaluation and scoring ask for it, annotation and extraction do not). Duplicates
   are kept: the metric decides what they are worth.
 
 Nothing here raises on any string, and work is bounded: completions over ``max_chars`` are refused
 unread, and at most 64 JSON start positions and 64 fences are tried, so a worst-case input of the
 maximum size parses in about 0.1 s.
 
-``ground`` gives each mention one span. Longer mentions are placed first and no two mentions share
-a span while a free occurrence remains, so "Oyelaran" listed beside "Marcus Oyelaran" finds the later,
-standalone "Oyelaran"; repeats of a surface string take successive occurrences left to right; when
-none is free, a mention reuses the first one. Occurrences are ranked in tiers (exact on word
-boundaries, case-insensitive on word boundaries, exact inside a word as "Art" in "Bart",
-case-insensitive inside a word) and only the best tier that has any occurrence is used. A
-case-insensitive match carries the passage's own casing, so ``passage[e.start:e.end] == e.text``
+``ground`` gives each mention one span (an empty mention none: it is ungrounded). Longer mentions are
+placed first and no two mentions share a span while a free occurrence remains, so "Oyelaran" listed
+beside "Marcus Oyelaran" finds the later, standalone "Oyelaran"; repeats of a surface string take
+successive occurrences left to right; when none is free, a mention reuses the first one. Occurrences are
+ranked in tiers (exact on word boundaries, case-insensitive on word boundaries, exact inside a word as
+"Art" in "Bart", case-insensitive inside a word) and only the best tier that has any occurrence is used.
+A case-insensitive match carries the passage's own casing, so ``passage[e.start:e.end] == e.text``
 always holds. Entities come back in mention order.
 """
 
@@ -116,13 +119,16 @@ class _Found:
 
     at: int | None
     answer: str | None
-    mentions: tuple[Mention, ...]
+    pairs: tuple[tuple[str, str], ...]
+    """(text, label) as the answer gives them, unstripped."""
     reason: Reason | None
     detail: str
 
 
-def parse_completion(completion: str, *, max_chars: int = MAX_COMPLETION_CHARS) -> Parsed:
-    """Split ``completion`` into reasoning and answer and read the answer's mentions. Never raises."""
+def parse_completion(completion: str, *, max_chars: int = MAX_COMPLETION_CHARS, keep_blank: bool = False) -> Parsed:
+    """Split ``completion`` into reasoning and answer and read the answer's mentions. Never raises.
+
+    ``keep_blank``: keep mentions whose text is empty once stripped, as ``Mention(text="")`` (see module docs)."""
     if len(completion) > max_chars:
         detail = f"completion has {len(completion)} characters, more than the {max_chars} allowed"
         return Parsed(None, None, (), "too_long", detail)
@@ -132,7 +138,7 @@ def parse_completion(completion: str, *, max_chars: int = MAX_COMPLETION_CHARS) 
     found = _find_answer(region)
     if open_only:
         reasoning = (region if found.at is None else region[: found.at]).strip()
-    return Parsed(reasoning, found.answer, found.mentions, found.reason, found.detail)
+    return Parsed(reasoning, found.answer, _mentions(found.pairs, keep_blank), found.reason, found.detail)
 
 
 def _split_think(completion: str) -> tuple[str | None, str, bool]:
@@ -307,7 +313,7 @@ def _judge(text: str, start: int, stop: int, value: Any) -> _Found:
     pairs = _pairs(value)
     if isinstance(pairs, str):
         return _Found(start, answer, (), "bad_shape", pairs)
-    return _Found(start, answer, _mentions(pairs), None, "")
+    return _Found(start, answer, tuple(pairs), None, "")
 
 
 def _pairs(value: Any) -> list[tuple[str, str]] | str:
@@ -375,11 +381,11 @@ def _text_and_label(item: dict[str, Any]) -> tuple[Any, Any] | str:
 _MISSING = object()
 
 
-def _mentions(pairs: list[tuple[str, str]]) -> tuple[Mention, ...]:
+def _mentions(pairs: tuple[tuple[str, str], ...], keep_blank: bool) -> tuple[Mention, ...]:
     out: list[Mention] = []
     for text, label in pairs:
         text, label = text.strip(), label.strip()
-        if not text or not label:
+        if not label or not (text or keep_blank):
             continue
         try:
             out.append(Mention(text=text, label=label))
@@ -404,6 +410,8 @@ def ground(text: str, mentions: Iterable[Mention]) -> Grounded:
     # Longest surface first: "Oyelaran" must not claim the inside of "Marcus Oyelaran" listed with it.
     for i in sorted(range(len(mentions)), key=lambda i: -len(mentions[i].text)):
         m = mentions[i]
+        if not m.text:  # an empty mention is nowhere, and would be found everywhere
+            continue
         tiers = tiers_of.get(m.text)
         if tiers is None:
             tiers = tiers_of[m.text] = _ranked_spans(text, m.text)

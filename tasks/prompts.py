@@ -1,12 +1,36 @@
 """The NER instruction as chat messages, rendered by the model's own chat template.
 
 One prompt serves annotation (the teacher), training (SFT/GRPO) and evaluation, so a model is always
-asked the same way. The answer format is the paper's: ``{"entities": {"<type>": ["<text>", ...]}}``,
-after the reasoning in ``<think>...</think>``.
+asked the same way. Two instructions, chosen by the stage configs' ``prompt`` field:
+
+- ``rner`` (the default): ours. It names the entity types and the text and says what the answer looks
+  like. When the model is to reason (``with_cot``) it asks for the reasoning inside ``<think>`` tags
+  first; for a model trained on answers alone (``with_cot: false``) it asks for the answer alone, so the
+  instruction never describes a format its training targets do not have. The answer is
+  ``{"entities": {"<type>": ["<text>", ...]}}`` with every type of the schema, in schema order.
+- ``paper``: the authors' released instruction (``NER_PROMPT`` of ``rner/prompt.py`` in
+  HuiResearch/ReasoningIE), verbatim: the schema as a JSON list (lowercased, sorted, catch-all labels left
+  out, as their ``InputExample.to_prompt`` does), an output-format example with ``label1``/``x1``
+  placeholders, the sentence. It says nothing of reasoning, with or without it: their models learn to
+  think from the SFT targets alone. Its SFT answer is their ``to_completion``: only the types that have
+  entities, lowercased, as JSON indented by two spaces, after the reasoning in ``<think>`` tags when
+  trained with reasoning. Use it to evaluate the authors' checkpoints (trained with it) and to reproduce
+  their training.
+
+Ours stays the default because it asks for exactly what the model is trained to give (the reasoning, or
+none), lists every type in the answer (an empty list is an explicit "none of these"), and has no
+placeholder keys for a model to copy: small models trained on little data answered the paper's with
+``{"entities": {"label1": [], ...}}``.
+
+Either is plain text in one user turn, rendered by the tokenizer's chat template (``render_prompt``),
+never by a hand-written template. For a Qwen3 tokenizer that is byte for byte the released
+``build_prompt(prompt, "qwen3")`` (tests/test_prompts.py checks it).
 
 Usage::
 
     messages = ner_messages("Ada Lovelace met Charles Babbage.", ["person", "location"])
+    messages = ner_messages(text, labels, prompt="paper")     # the released instruction
+    messages = ner_messages(text, labels, with_cot=False)     # a model trained on answers alone
     prompt = render_prompt(tokenizer, messages)          # the tokenizer's chat template, no hand-written tags
     target = assistant_target(reasoning, entities, labels)   # what SFT teaches the model to answer
 """
@@ -18,8 +42,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from schemas import Mention, sha256_hex
+from schemas.configs import PromptStyle
+from tasks.metrics import is_dropped_label
 
 Message = dict[str, str]
+
+PROMPT_STYLES: tuple[PromptStyle, ...] = ("rner", "paper")
 
 INSTRUCTION = """\
 Extract the named entities from the text below.
@@ -32,6 +60,49 @@ First reason step by step inside <think> and </think>: go through the text, cons
 span, and decide whether it is an entity and which type it has. Then answer with JSON only, in the form \
 {{"entities": {{"<entity type>": ["<entity text>", ...]}}}}, with one key per entity type and each entity \
 copied exactly as it appears in the text."""
+"""Ours, for a model that reasons before it answers (``with_cot``)."""
+
+ANSWER_ONLY_INSTRUCTION = """\
+Extract the named entities from the text below.
+
+Entity types: {types}
+
+Text: {text}
+
+Answer with one JSON object and nothing else. Its only key is "entities", which maps each entity type \
+above, in the order given, to the list of the entities of that type, each copied exactly as it appears in \
+the text; a type the text does not contain maps to an empty list."""
+"""Ours, for a model trained on answers alone (``with_cot: false``): nothing about reasoning, and no
+placeholder keys to copy."""
+
+PAPER_INSTRUCTION = """
+You are an excellent information extraction assistant. Please extract the corresponding entities from the following sentence based on the provided schema and return them in JSON format.
+
+Note:
+1) The schema specifies the list of entity types that can be extracted;
+2) Only extract entities that are included in the schema.
+
+Schema：
+{{SCHEMA}}
+
+Output format:
+{
+  "entities": {
+    "label1": [
+      "x1",
+      "x2"
+    ],
+    "label2": [
+      "x3"
+    ]
+  }
+}
+
+Sentence:
+{{SENTENCE}}
+"""  # noqa: E501 - the released text, byte for byte (its colon after "Schema" is the full-width U+FF1A)
+"""The released ``NER_PROMPT``. ``{{SCHEMA}}`` and ``{{SENTENCE}}`` are replaced in that order and the
+result stripped, as their ``InputExample.to_prompt`` does (``paper_instruction``)."""
 
 OPEN_TYPES = "any (name each type with a short lowercase noun phrase)"
 
@@ -59,10 +130,51 @@ extracted entities with the right types). 10 means flawless; 0 means unrelated o
 two sentences of justification, then end with a final line of the form "Score: N"."""
 
 
-def ner_messages(text: str, labels: Sequence[str]) -> list[Message]:
-    """The user turn asking for entities of ``labels`` in ``text`` (any types when ``labels`` is empty)."""
+def instruction_template(prompt: PromptStyle = "rner", *, with_cot: bool = True) -> str:
+    """The instruction text before the schema and text go in: what a prompt digest is taken of."""
+    if prompt == "paper":
+        return PAPER_INSTRUCTION
+    if prompt == "rner":
+        return INSTRUCTION if with_cot else ANSWER_ONLY_INSTRUCTION
+    raise ValueError(f"unknown prompt {prompt!r} (known: {', '.join(PROMPT_STYLES)})")
+
+
+def ner_messages(
+    text: str,
+    labels: Sequence[str],
+    *,
+    prompt: PromptStyle = "rner",
+    with_cot: bool = True,
+    source: str | None = None,
+) -> list[Message]:
+    """The user turn asking for entities of ``labels`` in ``text`` (any types when ``labels`` is empty).
+
+    ``with_cot``: whether the model is to reason before it answers (ours asks for it or not; the paper's
+    instruction is the same either way). ``source``: the paper instruction's optional first line naming the
+    dataset (the released ``add_source``)."""
+    if prompt == "paper":
+        return [{"role": "user", "content": paper_instruction(text, labels, source=source)}]
+    if source is not None:
+        raise ValueError("source: only the paper instruction names the dataset (the released add_source)")
+    template = instruction_template(prompt, with_cot=with_cot)
     types = ", ".join(labels) if labels else OPEN_TYPES
-    return [{"role": "user", "content": INSTRUCTION.format(types=types, text=text)}]
+    return [{"role": "user", "content": template.format(types=types, text=text)}]
+
+
+def paper_schema(labels: Iterable[str]) -> list[str]:
+    """The schema as the released code puts it in the prompt (``InputExample.process_schema``): each label
+    lowercased and stripped, sorted, blank and catch-all labels left out (repeats kept)."""
+    return [label for label in sorted(label.lower().strip() for label in labels) if not is_dropped_label(label)]
+
+
+def paper_instruction(text: str, labels: Sequence[str], *, source: str | None = None) -> str:
+    """The released instruction for one sentence (``InputExample.to_prompt``); with ``source``, as with
+    ``add_source``: first a line "This sentence is from <source> dataset." and a blank line."""
+    prompt = PAPER_INSTRUCTION.replace("{{SCHEMA}}", json.dumps(paper_schema(labels), ensure_ascii=False))
+    prompt = prompt.replace("{{SENTENCE}}", text)
+    if source is not None:
+        prompt = f"This sentence is from {source} dataset.\n\n" + prompt.strip()
+    return prompt.strip()
 
 
 def teacher_messages(text: str, labels: Sequence[str]) -> list[Message]:
@@ -85,15 +197,34 @@ def prompt_digest(*templates: str) -> str:
 
 
 def answer_json(mentions: Iterable[Mention], labels: Sequence[str]) -> str:
-    """The paper's answer object: every schema label present, mentions in the order given."""
+    """Our answer object: every schema label present, mentions in the order given."""
     grouped: dict[str, list[str]] = {label: [] for label in labels}
     for m in mentions:
         grouped.setdefault(m.label, []).append(m.text)
     return json.dumps({"entities": grouped}, ensure_ascii=False)
 
 
-def assistant_target(reasoning: str | None, mentions: Iterable[Mention], labels: Sequence[str]) -> str:
-    """The assistant turn SFT trains on: reasoning then answer, or the answer alone (``reasoning=None``)."""
+def paper_answer(mentions: Iterable[Mention]) -> str:
+    """The released answer (``InputExample.to_completion``): texts stripped, grouped under their lowercased,
+    stripped label in order of first appearance, only labels that have entities, indented by two spaces."""
+    grouped: dict[str, list[str]] = {}
+    for m in mentions:
+        grouped.setdefault(m.label.lower().strip(), []).append(m.text.strip())
+    return json.dumps({"entities": grouped}, ensure_ascii=False, indent=2)
+
+
+def assistant_target(
+    reasoning: str | None, mentions: Iterable[Mention], labels: Sequence[str], *, prompt: PromptStyle = "rner"
+) -> str:
+    """The assistant turn SFT trains on: reasoning then answer, or the answer alone (``reasoning=None``).
+
+    ``rner``: ``<think>``, the stripped reasoning, ``</think>``, a blank line, ``answer_json``. ``paper``: the
+    released ``to_completion(add_cot=True)``: the reasoning as given between the tags, one line break, then
+    ``paper_answer``."""
+    if prompt == "paper":
+        answer = paper_answer(mentions)
+        return answer if reasoning is None else f"<think>\n{reasoning}\n</think>\n{answer}"
+    instruction_template(prompt)  # refuses an unknown style
     answer = answer_json(mentions, labels)
     return answer if reasoning is None else f"<think>\n{reasoning.strip()}\n</think>\n\n{answer}"
 

@@ -5,6 +5,7 @@ columns arrive as keyword lists). The stage weights them 10 : 1, as the paper do
 
 - ``f1_reward``: span-level micro F1 of the answer's entities against the gold, in [0, 1], in the paper's
   metric (``tasks.metrics.f1_score``: normalised text, lowercased label, catch-all gold labels dropped).
+  An empty mention (``"person": [""]``) counts as a prediction, a wrong one, as in the released code.
   A completion without a readable answer scores 0. When the gold is empty and the answer names nothing,
   the score is ``empty_match``: 1.0 by default (nothing to find, nothing found, which is what the model
   should learn to say), while the paper's released code gives 0.0 there (pass ``empty_match=0.0`` for it).
@@ -41,7 +42,7 @@ def f1_reward(completions: list[Completion], example: list[str], *, empty_match:
     """Micro F1 of each completion's entities against its example's gold (``example``: NERExample JSON)."""
     rewards = []
     for completion, raw in zip(completions, example, strict=True):
-        parsed = parse_completion(completion_text(completion))
+        parsed = parse_completion(completion_text(completion), keep_blank=True)  # "type": [""] is a wrong answer
         gold = NERExample.model_validate_json(raw).entities
         rewards.append(f1_score(gold, parsed.mentions, empty_match=empty_match) if parsed.ok else 0.0)
     return rewards

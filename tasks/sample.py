@@ -8,21 +8,36 @@ Sources (``SampleConfig.sources``), read at ``split``:
 - a ``.jsonl`` file of ``NERExample`` lines, or ``demo:<split>`` (the packaged demo corpus);
 - the address of a published ``ner`` output in the store.
 
-A dataset is a ``source`` value of the examples (a store output or a file may hold several). ``total`` is
-spread over the datasets as evenly as their sizes allow: smallest first, each takes its fair share of what
-is left, at most ``per_dataset_cap`` and at most what it has, so what a small dataset cannot give goes to
-the larger ones. Within a dataset, which examples are taken is drawn from a generator seeded with
-``seed`` and the dataset's name, and they keep their order: the same sources and config give the same
-bytes, on any machine (the sources are pinned by content digests, not by where they were read from).
+A dataset is a ``source`` value of the examples (a store output or a file may hold several). ``datasets``
+picks some of them, in an order; without it every dataset of the sources takes part, in name order. How
+``total`` is split over them is ``allocation``:
 
-Output (``datasets/re/sample/<hash>``): a ``ner`` dataset of ``NERExample`` rows, with a manifest that
-records, per dataset, where it came from (origin, digest), how many examples it had and how many were
-taken; the inputs list every source by digest.
+- ``even`` (the default): as evenly as their sizes allow. Smallest first, each takes its fair share of what
+  is left, at most ``per_dataset_cap`` and at most what it has, so what a small dataset cannot give goes to
+  the larger ones and the sample has exactly ``total`` examples. Within a dataset, which examples are taken
+  is drawn from a generator seeded with ``seed`` and the dataset's name, and they keep their order.
+- ``proportional`` (the released ``sample_grpo.py``, the ``paper`` preset): each dataset's size is capped at
+  ``per_dataset_cap`` (its ``--max_count``), and it gives ``int(total * (size / sum of sizes))`` examples;
+  the floors leave the sample short of ``total`` by less than one example per dataset. The draw is the
+  released one: one generator seeded with ``seed``, the datasets in order, each dataset's examples
+  shuffled whole and the first ones taken, so on the same data (the InstructUIE files, in the order of the
+  released ``config/dataset/in_domain.json``) the same examples are picked, in the same order.
+
+``shuffle`` shuffles the whole sample at the end (in ``proportional``, with the same generator, as the
+released ``--shuffle``). A ``total`` over what the datasets have (capped) is an error in either mode. The same
+sources and config give the same bytes, on any machine (the sources are pinned by content digests, not by
+where they were read from).
+
+Output (``datasets/re/sample/<hash>``): a ``ner`` dataset of ``NERExample`` rows, with a manifest whose stats
+record the allocation, the total asked for and the examples taken, and per dataset where it came from
+(origin, digest), how many examples it had and how many were taken; datasets of the sources left out by
+``datasets`` are listed. The inputs list every source by digest.
 
 Usage::
 
     python -m tasks.sample --config sample.yaml
     published = run(SampleConfig(sources=["/data/IE_INSTRUCTIONS/NER"], total=4703, per_dataset_cap=500), store)
+    published = run(SampleConfig.preset("paper", sources=["/data/IE_INSTRUCTIONS/NER"]), store)  # proportional
 """
 
 from __future__ import annotations
@@ -76,12 +91,18 @@ def load_instructuie(folder: Path, split: str) -> EvalSet:
     return instructuie_set(folder.name, rows, labels, str(folder), split)
 
 
-def allocate(sizes: dict[str, int], total: int, cap: int | None) -> dict[str, int]:
-    """How many examples each dataset gives: ``total`` spread evenly, smallest first, within the limits."""
+def _limits(sizes: dict[str, int], total: int, cap: int | None) -> dict[str, int]:
+    """Each dataset's size capped at ``cap``; an error when together they cannot give ``total``."""
     limits = {name: min(n, cap) if cap else n for name, n in sizes.items()}
     if sum(limits.values()) < total:
         have = ", ".join(f"{name}: {n}" for name, n in sorted(limits.items()))
         raise SampleError(f"total {total} is more than the {sum(limits.values())} examples available ({have})")
+    return limits
+
+
+def allocate(sizes: dict[str, int], total: int, cap: int | None) -> dict[str, int]:
+    """How many examples each dataset gives: ``total`` spread evenly, smallest first, within the limits."""
+    limits = _limits(sizes, total, cap)
     quotas: dict[str, int] = {}
     left = total
     order = sorted(limits, key=lambda name: (limits[name], name))
@@ -89,6 +110,28 @@ def allocate(sizes: dict[str, int], total: int, cap: int | None) -> dict[str, in
         quotas[name] = min(limits[name], left // (len(order) - i))
         left -= quotas[name]
     return dict(sorted(quotas.items()))
+
+
+def allocate_proportional(sizes: dict[str, int], total: int, cap: int | None) -> dict[str, int]:
+    """How many examples each dataset gives in proportion to its size capped at ``cap``, as the released
+    ``sample_for_grpo`` computes it: ``int(total * (size / sum of sizes))``, in the order of ``sizes``."""
+    limits = _limits(sizes, total, cap)
+    available = sum(limits.values())
+    return {name: int(total * (limit / available)) for name, limit in limits.items()}
+
+
+def draw_proportional(
+    datasets: dict[str, list[NERExample]], quotas: dict[str, int], rng: random.Random
+) -> list[NERExample]:
+    """The released draw with ``rng`` (seeded with ``seed``): dataset by dataset, in the order of ``quotas``,
+    the examples shuffled whole (a permutation that depends only on their number and the generator) and the
+    first ``quota`` taken, in shuffled order."""
+    sample: list[NERExample] = []
+    for name, quota in quotas.items():
+        order = list(range(len(datasets[name])))
+        rng.shuffle(order)
+        sample.extend(datasets[name][i] for i in order[:quota])
+    return sample
 
 
 def draw(examples: list[NERExample], quota: int, seed: int, name: str) -> list[NERExample]:
@@ -113,15 +156,28 @@ def run(config: SampleConfig, store: Store, *, progress: Progress | None = None)
                     f"dataset {example.source!r} is in two sources: {origins[example.source].origin} and {s.origin}"
                 )
             datasets[example.source].append(example)
-    quotas = allocate(
-        {name: len(examples) for name, examples in datasets.items()}, config.total, config.per_dataset_cap
-    )
-    sample = [ex for name, quota in quotas.items() for ex in draw(datasets[name], quota, config.seed, name)]
+    names = select_datasets(list(datasets), config.datasets)
+    sizes = {name: len(datasets[name]) for name in names}
+    if config.allocation == "proportional":
+        quotas = allocate_proportional(sizes, config.total, config.per_dataset_cap)
+        rng = random.Random(config.seed)
+        sample = draw_proportional(datasets, quotas, rng)
+        if config.shuffle:  # the same generator, on after the draw, as the released --shuffle
+            rng.shuffle(sample)
+    else:
+        quotas = allocate(sizes, config.total, config.per_dataset_cap)
+        quotas = {name: quotas[name] for name in names}
+        sample = [ex for name, quota in quotas.items() for ex in draw(datasets[name], quota, config.seed, name)]
+        if config.shuffle:
+            random.Random(f"{config.seed}/shuffle").shuffle(sample)
     if progress:
-        progress(len(sample), config.total)
+        progress(len(sample), len(sample))
     stats = {
         "split": config.split,
+        "allocation": config.allocation,
+        "total": config.total,
         "examples": len(sample),
+        "left_out": sorted(set(datasets) - set(names)),
         "datasets": {
             name: {
                 "origin": origins[name].origin,
@@ -135,6 +191,18 @@ def run(config: SampleConfig, store: Store, *, progress: Progress | None = None)
     }
     files = [out.write("data", sample, NERExample)]
     return out.publish(kind="ner", stage="sample", config=config, files=files, inputs=refs, stats=stats)
+
+
+def select_datasets(present: list[str], wanted: tuple[str, ...]) -> list[str]:
+    """The datasets to sample from, in order: ``wanted`` (each must be there), or every one in name order."""
+    if not wanted:
+        return sorted(present)
+    missing = [name for name in wanted if name not in present]
+    if missing:
+        raise SampleError(
+            f"datasets not in the sources: {', '.join(missing)} (they hold: {', '.join(sorted(present))})"
+        )
+    return list(wanted)
 
 
 main = stage_main(SampleConfig, run)

@@ -35,7 +35,7 @@ def prediction_entities(example: NERExample, prediction: Prediction | None) -> l
     if prediction is None:
         return []
     if prediction.entities is None:
-        mentions: Sequence[Entity | Mention] = parse_completion(prediction.completion or "").mentions
+        mentions: Sequence[Entity | Mention] = parse_completion(prediction.completion or "", keep_blank=True).mentions
     else:
         mentions = prediction.entities
     spanned = [m for m in mentions if isinstance(m, Entity)]

@@ -8,11 +8,16 @@
 - ``RNER_STORE_TIMEOUT_S``: per-request timeout of the store (60).
 - ``RNER_STORE_RETRIES``: retries of a failed store request: 5xx, resets, timeouts (3).
 - ``RNER_VLLM_PYTHON``: interpreter of an environment with vLLM (the managed ``$RNER_HOME/venvs/vllm-*``).
+- ``RNER_GPU``: the GPU type training plans its memory for (``tasks.memory_plan.GPUS``: ``h100-80gb``, ...); default
+  the CUDA device, and on a machine without one no check.
+- ``RNER_MEMORY_CHECK``: what a training stage does with a config that does not fit its GPU: ``refuse`` (default),
+  ``warn``, or ``off``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, NonNegativeInt, PositiveFloat, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +39,8 @@ class Settings(BaseSettings):
     store_timeout_s: PositiveFloat = Field(default=60.0, validation_alias=_env("RNER_STORE_TIMEOUT_S"))
     store_retries: NonNegativeInt = Field(default=3, validation_alias=_env("RNER_STORE_RETRIES"))
     vllm_python: str | None = Field(default=None, validation_alias=_env("RNER_VLLM_PYTHON"))
+    gpu: str | None = Field(default=None, validation_alias=_env("RNER_GPU"))
+    memory_check: Literal["refuse", "warn", "off"] = Field(default="refuse", validation_alias=_env("RNER_MEMORY_CHECK"))
 
     @property
     def home_dir(self) -> Path:

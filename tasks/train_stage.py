@@ -10,8 +10,13 @@ the stage's ``run`` with the same config. The pieces here keep those processes i
 - Hardware. ``check_hardware`` lists every GPU option the machine cannot honour (bf16 on a GPU without
   it, Liger, FlashAttention-2, DeepSpeed; vLLM rollouts in GRPO) and refuses to start: none is dropped
   silently, since each changes the experiment.
+- Memory. ``tasks.memory_plan.check_memory`` plans the run's per-GPU memory from the model's config (before the
+  model loads) and refuses a config that cannot fit the GPU, naming the field to change (``rner train plan``).
 - Lengths. ``screen`` applies ``too_long`` to examples over the token limit: dropped, kept for the trainer
   to cut, or an error. The count is logged and goes into the manifest.
+- Arguments. ``training_arguments`` turns the config into the trainer's ``TrainingArguments`` values, a pure
+  function of the config and a ``Device`` (the stages' ``sft_arguments``/``grpo_arguments`` add their own), so
+  the trainer configs of every preset are built and checked on a CPU (tests/test_trainer_config.py).
 - Checkpoints. Every ``save_steps`` the trainer's checkpoint is uploaded to
   ``<address>/_checkpoints/checkpoint-<step>/`` (by one process per node: ZeRO-3 writes per-rank files on
   each node's own disk), then ``_checkpoints/checkpoint-<step>.json`` lists its files and the world size
@@ -51,6 +56,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from datasets import Dataset
@@ -59,6 +65,7 @@ from transformers import TrainerCallback
 from schemas import FileEntry, InputRef, TrainConfig, config_hash, output_address
 from schemas.jobs import WORK_DIR
 from tasks.errors import RnerError
+from tasks.memory_plan import check_memory
 from tasks.models import MODEL_PREFIX, STORE_SCHEME, resolve_model
 from tasks.settings import Settings
 from tasks.store import AlreadyPublished, Output, Published, Store
@@ -224,6 +231,42 @@ def deepspeed_config(stage: int) -> dict[str, Any] | None:
     }
 
 
+def training_arguments(config: TrainConfig, device: Device, workdir: Path) -> dict[str, Any]:
+    """The ``transformers.TrainingArguments`` part of a TRL trainer config, from ours, for a job on ``device`` with
+    its work directory at ``workdir``. Pure (no model, no GPU needed): tests build the trainer configs of every
+    preset from it on a CPU (``Device`` describes the GPU); the trainer defaults a run relies on are checked there
+    too (tests/test_trainer_config.py)."""
+    c = config
+    return {
+        "output_dir": str(workdir / "trainer"),
+        "num_train_epochs": c.epochs,
+        "max_steps": c.max_steps or -1,
+        "learning_rate": c.learning_rate,
+        "lr_scheduler_type": c.lr_scheduler,
+        "warmup_steps": c.warmup_ratio,  # a float below 1 is a fraction of the steps (transformers 5)
+        "weight_decay": c.weight_decay,
+        "max_grad_norm": c.max_grad_norm,
+        "per_device_train_batch_size": c.per_device_batch_size,
+        "gradient_accumulation_steps": c.gradient_accumulation_steps,
+        "bf16": c.bf16,
+        "gradient_checkpointing": c.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if c.gradient_checkpointing else None,
+        "use_liger_kernel": c.liger_kernel,
+        "deepspeed": deepspeed_config(c.deepspeed_zero),
+        "model_init_kwargs": {
+            "dtype": "bfloat16" if c.bf16 else "float32",
+            "attn_implementation": "flash_attention_2" if c.flash_attention else "sdpa",
+        },
+        "seed": c.seed,
+        "logging_steps": c.logging_steps,
+        **({"save_strategy": "steps", "save_steps": c.save_steps} if c.save_steps else {"save_strategy": "no"}),
+        "save_total_limit": 1,  # the store keeps every checkpoint; the local disk only the newest
+        "report_to": "none",
+        "use_cpu": not device.cuda,
+        "ddp_backend": ("nccl" if device.cuda else "gloo") if c.parallel.world_size > 1 else None,
+    }
+
+
 class TrainingRun:
     """One run of a training stage at its output address, in one process of the job."""
 
@@ -266,6 +309,7 @@ class TrainingRun:
         run = cls(config, stage, out, source, base, settings)
         if run.published is None:
             check_hardware([*hardware_problems(config, run.device), *problems(run.device)])
+            check_memory(config, base.path, settings, store=store)  # a config that cannot fit its GPU: refused
             world = int(os.environ.get("WORLD_SIZE", "1"))
             if world != config.parallel.world_size:
                 raise TrainError(
@@ -275,31 +319,8 @@ class TrainingRun:
         return run
 
     def arguments(self) -> dict[str, Any]:
-        """The ``transformers.TrainingArguments`` part of a TRL trainer config, from ours."""
-        c = self.config
-        return {
-            "output_dir": str(self.workdir / "trainer"),
-            "num_train_epochs": c.epochs,
-            "max_steps": c.max_steps or -1,
-            "learning_rate": c.learning_rate,
-            "per_device_train_batch_size": c.per_device_batch_size,
-            "gradient_accumulation_steps": c.gradient_accumulation_steps,
-            "bf16": c.bf16,
-            "gradient_checkpointing": c.gradient_checkpointing,
-            "use_liger_kernel": c.liger_kernel,
-            "deepspeed": deepspeed_config(c.deepspeed_zero),
-            "model_init_kwargs": {
-                "dtype": "bfloat16" if c.bf16 else "float32",
-                "attn_implementation": "flash_attention_2" if c.flash_attention else "sdpa",
-            },
-            "seed": c.seed,
-            "logging_steps": c.logging_steps,
-            **({"save_strategy": "steps", "save_steps": c.save_steps} if c.save_steps else {"save_strategy": "no"}),
-            "save_total_limit": 1,  # the store keeps every checkpoint; the local disk only the newest
-            "report_to": "none",
-            "use_cpu": not self.device.cuda,
-            "ddp_backend": ("nccl" if self.device.cuda else "gloo") if c.parallel.world_size > 1 else None,
-        }
+        """The ``transformers.TrainingArguments`` part of a TRL trainer config, from ours (``training_arguments``)."""
+        return training_arguments(self.config, self.device, self.workdir)
 
     def fetch_checkpoint(self) -> None:
         """A fresh work directory on every node, holding the newest complete checkpoint in the store if

@@ -28,7 +28,7 @@ def test_preset_plus_overrides_from_yaml(tmp_path: Path) -> None:
     [
         ("dataset: d\nlearning_rate: -1\n", r"sft\.yaml: invalid SFTConfig: learning_rate: Input should be greater"),
         ("dataset: d\nparallel:\n  num_nodse: 2\n", r"parallel\.num_nodse: Extra inputs are not permitted"),
-        ("preset: huge\n", r"sft\.yaml: invalid SFTConfig: .*SFTConfig has no preset 'huge' \(known: paper, smoke\)"),
+        ("preset: huge\n", r"sft\.yaml: invalid SFTConfig: .*no preset 'huge' \(known: paper, paper-1.7b, smoke\)"),
         ("- a\n- b\n", r"expected a mapping of SFTConfig fields, got list"),
         ("dataset: [unclosed\n", r"cannot read it as YAML"),
     ],
@@ -63,13 +63,13 @@ def test_config_show_cli(tmp_path: Path) -> None:
 
 
 def test_overriding_a_server_with_another_kind_replaces_it() -> None:
-    from schemas import AnnotateConfig
+    from schemas import JudgeConfig
 
     endpoint = {"kind": "endpoint", "base_url": "http://h:8000/v1", "model": "m"}
-    config = AnnotateConfig.preset("paper", teacher=endpoint)
-    assert config.teacher.kind == "endpoint" and config.teacher.model == "m"
-    tuned = AnnotateConfig.preset("paper", teacher={"max_model_len": 8192})  # same kind: merged
-    assert (tuned.teacher.model, tuned.teacher.max_model_len) == ("deepseek-ai/DeepSeek-R1", 8192)
+    config = JudgeConfig.preset("paper", judge=endpoint)
+    assert config.judge.kind == "endpoint" and config.judge.model == "m"
+    tuned = JudgeConfig.preset("paper", judge={"max_model_len": 8192})  # same kind: merged
+    assert (tuned.judge.model, tuned.judge.max_model_len) == ("Qwen/Qwen3-32B", 8192)
 
 
 def test_preset_shorthand_works_nested_and_in_plain_dicts() -> None:
@@ -97,9 +97,10 @@ def paper_training_configs() -> list[TrainConfig]:
 @pytest.mark.parametrize("config", paper_training_configs(), ids=lambda c: type(c).__name__)
 def test_paper_presets_checkpoint_several_times_per_run(config: TrainConfig) -> None:
     """A paper run takes hours on 8 GPUs: it must store checkpoints along the way, not once at the end (or never:
-    GRPO's 196 steps under save_steps 500)."""
+    GRPO's 784 steps under save_steps 500)."""
     steps = config.total_steps(PAPER_EXAMPLES[type(config)])
-    assert steps == {SFTConfig: 895, GRPOConfig: 196}[type(config)]  # 45,787 x 5 / 256; 4,703 x 16 / 384
+    # 45,787 x 5 / 256; 4,703 x 16 / 384 = 196 generation batches, each trained on num_iterations (4) times
+    assert steps == {SFTConfig: 895, GRPOConfig: 784}[type(config)]
     assert config.save_steps is not None and steps // config.save_steps >= 3
 
 

@@ -35,7 +35,7 @@ from flows.kubernetes_jobs import (
     run_kubernetes,
     verdict,
 )
-from schemas import AnnotateConfig, Config, SFTConfig, ValidateConfig, config_hash
+from schemas import AnnotateConfig, Config, JudgeConfig, SFTConfig, ValidateConfig, config_hash
 from schemas.jobs import WORK_DIR, KubernetesJob, Toleration
 from tasks.launch import plan
 from tasks.models import default_model_dir
@@ -90,7 +90,8 @@ def node_job(jobset: dict[str, Any]) -> dict[str, Any]:
     ("stage", "config", "image", "gpus"),
     [
         ("validate", ValidateConfig(input="cot/raw/annotate/abc"), "rner-vllm:0.1.0", False),
-        ("annotate", AnnotateConfig.preset("paper", input="raw/passages/x"), "rner-vllm:0.1.0", True),
+        ("annotate", AnnotateConfig.preset("paper", input="raw/passages/x"), "rner-vllm:0.1.0", False),  # an endpoint
+        ("judge", JudgeConfig.preset("paper", input="cot/valid/x"), "rner-vllm:0.1.0", True),  # its own vLLM
         ("sft", SFTConfig.preset("paper", dataset="datasets/ner-cot/v1"), "rner-trainer:0.1.0", True),
     ],
 )

@@ -80,7 +80,8 @@ def test_launch_cli_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text("preset: huge\n")
     result = subprocess.run([PY, "-m", "tasks.launch", "sft", "--config", str(bad)], capture_output=True, text=True)
     assert result.returncode == 1
-    assert "sft.yaml" in result.stderr and "SFTConfig has no preset 'huge' (known: paper, smoke)" in result.stderr
+    assert "sft.yaml" in result.stderr
+    assert "SFTConfig has no preset 'huge' (known: paper, paper-1.7b, smoke)" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -1,7 +1,8 @@
 """RE data sampling: InstructUIE folders and store outputs, stratified with caps, reproducible bit for bit.
 
 The InstructUIE folders are written here (sentences made up for these tests), in the layout the paper's
-data uses: ``<name>/{train,dev}.json`` and ``<name>/labels.json``.
+data uses: ``<name>/{train,dev}.json`` and ``<name>/labels.json``. The proportional allocation is compared
+with the released ``sample_grpo.py`` (re-implemented literally in ``released_rner``).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import json
 from pathlib import Path
 
 import pytest
+import released_rner as released
+from pydantic import ValidationError
 
 from schemas import CoTRecord, NERExample, PublishConfig, SampleConfig
+from schemas.configs import EVAL_SUITES, INSTRUCTUIE_20
 from tasks import sample
 from tasks.eval_sets import EvalSetError
-from tasks.sample import SampleError, allocate
+from tasks.sample import SampleError, allocate, allocate_proportional
 from tasks.store import Store
 
 CITIES = ["Oslo", "Lima", "Quito", "Hanoi", "Accra", "Riga", "Perth"]
@@ -153,3 +157,120 @@ def test_bad_sources_are_clear_errors(store: Store, instructuie: Path, tmp_path:
     twice = SampleConfig(sources=[str(instructuie / "alpha"), str(tmp_path / "NER" / "alpha")], total=1)
     with pytest.raises(SampleError, match="dataset 'alpha' is in two sources"):
         sample.run(twice, store)
+
+
+# --- proportional allocation (the released sample_grpo.py) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sizes", "total", "cap", "expected"),
+    [
+        ({"a": 10, "b": 30, "c": 60}, 10, None, {"a": 1, "b": 3, "c": 6}),  # 10 * 10/100 = 1, 3, 6: exact
+        ({"a": 3, "b": 3, "c": 3}, 7, None, {"a": 2, "b": 2, "c": 2}),  # 7/3 each, floored: 6 of the 7 asked
+        # The cap first (released --max_count): 10, 30, 40 of 80; 1.25, 3.75, 5.0 floored: 9 of 10.
+        ({"a": 10, "b": 30, "c": 60}, 10, 40, {"a": 1, "b": 3, "c": 5}),
+        ({"b": 1, "a": 99}, 50, None, {"b": 0, "a": 49}),  # 0.5 floors to nothing; the order of sizes is kept
+        ({"a": 5, "b": 5}, 10, None, {"a": 5, "b": 5}),  # everything
+    ],
+)
+def test_proportional_allocation(sizes: dict[str, int], total: int, cap: int | None, expected: dict[str, int]) -> None:
+    quotas = allocate_proportional(sizes, total, cap)
+    assert quotas == expected and list(quotas) == list(sizes)
+    datasets = {name: list(range(n)) for name, n in sizes.items()}
+    _, taken = released.sample_for_grpo(datasets, total, max_count=cap or -1)
+    assert taken == expected
+
+
+def test_proportional_allocation_refuses_a_total_it_cannot_reach() -> None:
+    with pytest.raises(SampleError, match=r"total 9 is more than the 7 examples available \(a: 4, b: 3\)"):
+        allocate_proportional({"a": 10, "b": 3}, 9, 4)
+
+
+def write_sized(root: Path, sizes: dict[str, int]) -> Path:
+    for name, n in sizes.items():
+        write_dataset(root, name, {"train": n})
+    return root
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_proportional_sample_is_the_released_draw(store: Store, tmp_path: Path, shuffle: bool) -> None:
+    """Same data, same seed: the examples the released sample_for_grpo picks, in its order."""
+    root = write_sized(tmp_path / "NER", {"delta": 9, "alpha": 13, "gamma": 5, "beta": 20, "unused": 4})
+    order = ["delta", "alpha", "gamma", "beta"]  # the order of the released dataset config, not of names
+    config = SampleConfig(
+        sources=[str(root)], datasets=order, total=12, allocation="proportional", per_dataset_cap=12,
+        shuffle=shuffle, seed=42,
+    )  # fmt: skip
+    published = sample.run(config, store)
+    ids = [ex.id for ex in store.records(published.manifest)]
+    loaded = {
+        name: [f"{name}-{i}" for i in range(n)] for name, n in {"delta": 9, "alpha": 13, "gamma": 5, "beta": 20}.items()
+    }
+    expected, taken = released.sample_for_grpo(loaded, 12, shuffle=shuffle, max_count=12, seed=42)
+    assert ids == expected
+    # Hand-computed: capped sizes 9, 12, 5, 12 (38); 12 * 9/38 = 2.84, 12 * 12/38 = 3.79, 1.58, 3.79 → 2, 3, 1, 3.
+    assert taken == {"delta": 2, "alpha": 3, "gamma": 1, "beta": 3}
+    stats = published.manifest.stats
+    assert {name: d["taken"] for name, d in stats["datasets"].items()} == taken
+    assert list(stats["datasets"]) == order
+    assert {name: d["available"] for name, d in stats["datasets"].items()} == {
+        "delta": 9,
+        "alpha": 13,
+        "gamma": 5,
+        "beta": 20,
+    }
+    assert (stats["allocation"], stats["total"], stats["examples"], stats["left_out"]) == (
+        "proportional",
+        12,
+        9,
+        ["unused"],
+    )
+    assert published.manifest.rows == 9
+    if not shuffle:
+        assert [i.split("-")[0] for i in ids] == ["delta"] * 2 + ["alpha"] * 3 + ["gamma"] + ["beta"] * 3
+
+
+def test_proportional_sample_is_reproducible(tmp_path: Path) -> None:
+    root = write_sized(tmp_path / "NER", {"alpha": 13, "beta": 20})
+
+    def data(store_dir: str, seed: int) -> tuple[str, bytes]:
+        store = Store(tmp_path / store_dir)
+        config = SampleConfig(sources=[str(root)], total=10, allocation="proportional", shuffle=True, seed=seed)
+        published = sample.run(config, store)
+        [entry] = published.manifest.files_with("data")
+        return published.manifest.address, store.read_file(published.manifest.address, entry)
+
+    first = data("one", 3)
+    assert data("two", 3) == first
+    assert data("three", 4)[1] != first[1]
+
+
+def test_even_allocation_stays_the_default_and_datasets_select(store: Store, tmp_path: Path) -> None:
+    root = write_sized(tmp_path / "NER", {"alpha": 13, "beta": 20, "gamma": 3})
+    assert SampleConfig(sources=["x"], total=1).allocation == "even"
+    published = sample.run(SampleConfig(sources=[str(root)], datasets=["beta", "alpha"], total=9), store)
+    stats = published.manifest.stats
+    assert {name: d["taken"] for name, d in stats["datasets"].items()} == {"beta": 5, "alpha": 4}
+    assert (stats["allocation"], stats["examples"], stats["left_out"]) == ("even", 9, ["gamma"])
+    examples = list(store.records(published.manifest))
+    assert [ex.source for ex in examples] == ["beta"] * 5 + ["alpha"] * 4  # dataset by dataset, in the given order
+    shuffled = sample.run(SampleConfig(sources=[str(root)], datasets=["beta", "alpha"], total=9, shuffle=True), store)
+    again = list(store.records(shuffled.manifest))
+    assert sorted(ex.id for ex in again) == sorted(ex.id for ex in examples) and again != examples
+
+
+def test_named_datasets_must_be_there_once(store: Store, tmp_path: Path) -> None:
+    root = write_sized(tmp_path / "NER", {"alpha": 3})
+    with pytest.raises(SampleError, match=r"datasets not in the sources: beta \(they hold: alpha\)"):
+        sample.run(SampleConfig(sources=[str(root)], datasets=["alpha", "beta"], total=1), store)
+    with pytest.raises(ValidationError, match="each dataset once"):
+        SampleConfig(sources=[str(root)], datasets=["alpha", "alpha"], total=1)
+
+
+def test_paper_preset_samples_like_the_released_code() -> None:
+    paper = SampleConfig.preset("paper")
+    assert (paper.allocation, paper.per_dataset_cap, paper.shuffle, paper.seed) == ("proportional", 10000, True, 42)
+    assert paper.total == 4703
+    # The released config/dataset/in_domain.json, in its order.
+    assert paper.datasets == INSTRUCTUIE_20 == EVAL_SUITES["instructuie_20"] and len(paper.datasets) == 20
+    assert SampleConfig.preset("smoke").allocation == "even"
