@@ -203,6 +203,21 @@ def _work_volume(backend: KubernetesJob) -> client.V1Volume:
     return client.V1Volume(name=WORK_VOLUME, ephemeral=client.V1EphemeralVolumeSource(volume_claim_template=template))
 
 
+def placement(backend: KubernetesJob) -> dict[str, Any]:
+    """Where a pod may run and what it runs as: the backend's node selector, tolerations, service account and
+    image pull secrets, as ``V1PodSpec`` arguments (every pod this project renders takes the same)."""
+    return {
+        "node_selector": dict(backend.node_selector) or None,
+        "tolerations": [
+            client.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect)
+            for t in backend.tolerations
+        ]
+        or None,
+        "service_account_name": backend.service_account,
+        "image_pull_secrets": [client.V1LocalObjectReference(name=s) for s in backend.image_pull_secrets] or None,
+    }
+
+
 def _pod_template(
     stage: str,
     config: Config,
@@ -272,14 +287,7 @@ def _pod_template(
         # SIGTERM's default action if it installs no handler (PID 1 would ignore it until SIGKILL).
         share_process_namespace=True,
         termination_grace_period_seconds=math.ceil(backend.stop_timeout_s),
-        node_selector=dict(backend.node_selector) or None,
-        tolerations=[
-            client.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect)
-            for t in backend.tolerations
-        ]
-        or None,
-        service_account_name=backend.service_account,
-        image_pull_secrets=[client.V1LocalObjectReference(name=s) for s in backend.image_pull_secrets] or None,
+        **placement(backend),
     )
     return client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=_labels(stage, name)), spec=spec)
 

@@ -43,7 +43,7 @@ from kubernetes.utils import parse_quantity
 from pydantic import Field, PositiveInt
 
 from flows.jobs import JobFailed
-from flows.kubernetes_jobs import HOME_VOLUME, INSTANCE_LABEL
+from flows.kubernetes_jobs import HOME_VOLUME, INSTANCE_LABEL, placement
 from schemas.base import Config, Name, Seq
 from schemas.configs import TEACHER_KEY_ENV
 from schemas.jobs import CONTAINER_HF_HOME, CONTAINER_HOME, KubernetesJob
@@ -193,14 +193,7 @@ def _pod_template(spec: MultiNodeServer, backend: KubernetesJob, name: str, lead
     pod = client.V1PodSpec(
         containers=[container],
         volumes=[client.V1Volume(name="shm", empty_dir=shm), cache],
-        node_selector=dict(backend.node_selector) or None,
-        tolerations=[
-            client.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect)
-            for t in backend.tolerations
-        ]
-        or None,
-        service_account_name=backend.service_account,
-        image_pull_secrets=[client.V1LocalObjectReference(name=s) for s in backend.image_pull_secrets] or None,
+        **placement(backend),
     )
     labels = {**_labels(name), **({ROLE_LABEL: LEADER} if leader else {ROLE_LABEL: "worker"})}
     return client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=labels), spec=pod)
