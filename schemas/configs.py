@@ -360,9 +360,9 @@ class TrainConfig(Config):
     logging_steps: PositiveInt = 10
     save_steps: PositiveInt | None = 500
     """Store a checkpoint every this many optimizer steps; ``None``: never (runs short enough to redo). A run
-    shorter than ``save_steps`` would never checkpoint and lose everything to a failure: the stage refuses it
-    when training starts (by the trainer's own count of steps; ``total_steps`` estimates it beforehand), so
-    pick a value that checkpoints a few times per run."""
+    shorter than ``save_steps`` would never checkpoint and lose everything to a failure: the stage warns when
+    training starts (by the trainer's own count of steps; ``total_steps`` estimates it beforehand), so pick a
+    value that checkpoints a few times per run."""
     resume: bool = True
     parallel: Parallelism = Parallelism()
     prompt: PromptStyle = "rner"
