@@ -66,8 +66,9 @@ def sft_example(
 
 def tokenizes_itself(config: SFTConfig) -> bool:
     """Whether the stage hands the trainer tokens rather than conversations: with ``padding_free`` (TRL cuts
-    nothing then) and for ``too_long: truncate_left`` (TRL's own ``keep_end`` is deprecated)."""
-    return config.padding_free or config.too_long == "truncate_left"
+    nothing then), for ``too_long: truncate_left`` (TRL's own ``keep_end`` is deprecated) and for ``prompt:
+    paper`` (the released code ends every example with the tokenizer's EOS, which SFTTrainer does not add)."""
+    return config.padding_free or config.too_long == "truncate_left" or config.prompt == "paper"
 
 
 def sft_arguments(config: SFTConfig, device: Device, workdir: Path) -> dict[str, Any]:
@@ -81,13 +82,18 @@ def sft_arguments(config: SFTConfig, device: Device, workdir: Path) -> dict[str,
     }
 
 
-def tokenized_example(row: dict[str, list[Message]], tokenizer: Any) -> dict[str, list[int]]:
+def tokenized_example(row: dict[str, list[Message]], tokenizer: Any, *, eos: bool = False) -> dict[str, list[int]]:
     """A prompt-completion conversation (``sft_example``) as the tokens and labels SFTTrainer builds from it: the
     chat template's rendering of prompt + completion, the prompt's tokens (up to where the rendering of the prompt
-    alone, with the generation prompt, stops matching) masked with -100."""
+    alone, with the generation prompt, stops matching) masked with -100. ``eos``: end with the tokenizer's EOS
+    token, learned, unless it is the last token already (the released sft.py's ``tokenize``; for Qwen3 base models
+    ``<|endoftext|>`` after the turn's ``<|im_end|>``)."""
     prompt = _chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)
     ids = _chat_ids(tokenizer, row["prompt"] + row["completion"])
     start = next((i for i, (a, b) in enumerate(zip(prompt, ids, strict=False)) if a != b), min(len(prompt), len(ids)))
+    eos_id = getattr(tokenizer, "eos_token_id", None) if eos else None
+    if eos_id is not None and ids[-1:] != [eos_id]:
+        ids = [*ids, eos_id]
     return {"input_ids": ids, "labels": [-100] * start + ids[start:]}
 
 
@@ -127,7 +133,7 @@ def run(
     example = partial(sft_example, with_cot=config.with_cot, prompt=config.prompt, add_source=config.add_source)
     if tokenizes_itself(config):
         dataset = training.dataset(
-            lambda record: tokenized_example(example(record), tokenizer),
+            lambda record: tokenized_example(example(record), tokenizer, eos=config.prompt == "paper"),
             lambda row: len(row["input_ids"]),
             config.max_seq_len,
             config.too_long,

@@ -324,6 +324,19 @@ def test_the_stage_tokenizes_as_sftrainer_and_cuts_as_released() -> None:
         sft.cut(rows, 2, "truncate")
 
 
+def test_paper_prompts_end_with_the_tokenizers_eos_as_the_released_code_does() -> None:
+    row = {"prompt": [{"role": "user", "content": "ab"}], "completion": [{"role": "assistant", "content": "xy"}]}
+    tokenizer = _Template()
+    tokenizer.eos_token_id = ord("$")  # type: ignore[attr-defined]
+    plain = sft.tokenized_example(row, tokenizer)
+    ended = sft.tokenized_example(row, tokenizer, eos=True)
+    assert ended["input_ids"] == [*plain["input_ids"], ord("$")] and ended["labels"] == [*plain["labels"], ord("$")]
+    tokenizer.eos_token_id = ord(".")  # the template's last token: not added twice
+    assert sft.tokenized_example(row, tokenizer, eos=True) == plain
+    paper = SFTConfig.preset("smoke", dataset="d", prompt="paper")
+    assert sft.tokenizes_itself(paper) and not sft.tokenizes_itself(SFTConfig.preset("smoke", dataset="d"))
+
+
 @pytest.mark.slow
 def test_the_stage_tokenizes_exactly_as_sftrainer(tiny_model: Path, tmp_path: Path) -> None:
     """The tokens and labels the stage builds equal the ones SFTTrainer builds from the same conversation."""
