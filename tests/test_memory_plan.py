@@ -6,6 +6,10 @@ plans, and the training stage that refuses a config before any model loads."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -125,19 +129,53 @@ def test_model_states_under_each_zero_stage_by_hand() -> None:
     assert fp32 == {"weights": 4 * p, "gradients": 4 * p, "optimizer states": 8 * p}
 
 
-def test_the_transcribed_zero_estimators_are_deepspeeds() -> None:
-    """Where DeepSpeed imports (the GPU images), the plan calls it; elsewhere its formulas, which must agree."""
-    stage3 = pytest.importorskip("deepspeed.runtime.zero.stage3")
-    stage2 = pytest.importorskip("deepspeed.runtime.zero.stage_1_and_2")
-    for params, largest in [(TINY_PARAMS, 64_000), (8_190_735_360, 622_329_856), (32_762_123_264, 777_912_320)]:
-        for per_node, nodes in [(1, 1), (6, 1), (8, 1), (8, 2), (7, 3)]:
-            _, zero3, _ = stage3.estimate_zero3_model_states_mem_needs(
-                params, largest, per_node, nodes, cpu_offload=False, cpu_offload_params=False
-            )
-            _, zero2 = stage2.estimate_zero2_model_states_mem_needs(params, per_node, nodes, cpu_offload=False)
-            assert mp.zero3_transcribed(params, largest, per_node, nodes) == zero3
-            assert mp.zero2_transcribed(params, per_node, nodes) == zero2
-            assert mp.zero3_gpu_bytes(params, largest, per_node, nodes)[1].startswith("DeepSpeed's")
+DEEPSPEED_RUNTIME = ("deepspeed", "hjson", "ninja", "py-cpuinfo", "msgpack", "einops", "nvidia-ml-py")
+"""DeepSpeed and what importing it needs beyond this environment, at the CUDA trainer's locked versions."""
+GRID = [
+    (params, largest, per_node, nodes)
+    for params, largest in [(TINY_PARAMS, 64_000), (8_190_735_360, 622_329_856), (32_762_123_264, 777_912_320)]
+    for per_node, nodes in [(1, 1), (6, 1), (8, 1), (8, 2), (7, 3)]
+]
+DEEPSPEED_ESTIMATES = """
+import json, sys
+from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs as zero3
+from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs as zero2
+print(json.dumps([[zero3(p, big, n, m, cpu_offload=False, cpu_offload_params=False)[1],
+                   zero2(p, n, m, cpu_offload=False)[1]] for p, big, n, m in json.loads(sys.argv[1])]))
+"""
+
+
+@pytest.fixture(scope="module")
+def deepspeed_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DeepSpeed as the CUDA trainer image installs it (its sdist built with ``DS_BUILD_OPS=0``: pure Python), in a
+    folder of its own: this environment must not see it (it is a GPU package; hardware checks look for it)."""
+    from flows.locks import download_sources, pins, variant_for
+
+    trainer = variant_for("trainer", "cuda")
+    locked = trainer.path.read_text()
+    work = tmp_path_factory.mktemp("deepspeed")
+    site, sources, wheels = work / "site", work / "sources", work / "wheels"
+    download_sources(replace(trainer, source_built=("deepspeed",)), locked, sources)
+    pip = [sys.executable, "-m", "pip", "--quiet"]
+    env = {**os.environ, "DS_BUILD_OPS": "0"}
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels),
+                    *map(str, sources.glob("deepspeed-*"))], check=True, env=env)  # fmt: skip
+    runtime = [f"{name}=={pins(locked)[name]}" for name in DEEPSPEED_RUNTIME[1:]]
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), "--find-links", str(wheels),
+                    f"deepspeed=={pins(locked)['deepspeed']}", *runtime], check=True)  # fmt: skip
+    return site
+
+
+@pytest.mark.slow
+def test_the_transcribed_zero_estimators_are_deepspeeds(deepspeed_site: Path) -> None:
+    """Where DeepSpeed imports (the GPU images), the plan calls it; elsewhere its formulas, which must agree: here
+    DeepSpeed's own estimators run in a process that has it, over a grid of models and worlds."""
+    env = {**os.environ, "PYTHONPATH": str(deepspeed_site)}
+    out = subprocess.run([sys.executable, "-c", DEEPSPEED_ESTIMATES, json.dumps(GRID)], env=env, check=True,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    theirs = json.loads(out.strip().splitlines()[-1])
+    ours = [[mp.zero3_transcribed(p, big, n, m), mp.zero2_transcribed(p, n, m)] for p, big, n, m in GRID]
+    assert ours == theirs
 
 
 def test_zero_0_in_float32_is_accelerates_training_estimate() -> None:
