@@ -17,10 +17,12 @@ Usage::
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
@@ -28,6 +30,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -58,6 +61,13 @@ PromptStyle = Literal["rner", "paper"]
 (what their checkpoints were trained with)."""
 
 
+_URL_CREDENTIALS = re.compile(
+    r"^[^:]*://[^/?#]*@|[?&;](?:[^=&;#]*(?:key|token|secret|passw|pwd|signature|credential|auth)[^=&;#]*|sig)=[^&;#]",
+    re.IGNORECASE,
+)
+"""Userinfo (``user:password@``, ``token@``) or a secret-named query parameter with a value (``tasks.redact``)."""
+
+
 class Endpoint(Config):
     """A running OpenAI-compatible server (vLLM, SGLang, a hosted API).
 
@@ -68,6 +78,7 @@ class Endpoint(Config):
     --api-key``): it is masked wherever a config is written, a job's command line included, so a stage started
     from a config never receives it."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)
     VOLATILE = frozenset({"base_url", "api_key", "api_key_env"})
     kind: Literal["endpoint"] = "endpoint"
     base_url: Annotated[str, Field(pattern=r"^https?://")]
@@ -77,6 +88,18 @@ class Endpoint(Config):
     api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     """The environment variable that holds the server's API key, read when a stage connects (unset: the stage
     stops with an error naming it); ``None``: no key (a server without ``--api-key``)."""
+
+    @field_validator("base_url", mode="after")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        # Refused, not stored: a config is written into manifests, job command lines and logs. The message never
+        # repeats the URL (nor does pydantic's: the input is hidden, see model_config).
+        if _URL_CREDENTIALS.search(url):
+            raise ValueError(
+                "holds credentials (user:password@ or a key/token/signature in its query): give the key through "
+                "api_key_env (the environment variable that holds it) or api_key instead, never in the URL"
+            )
+        return url
 
     @model_validator(mode="after")
     def _one_key(self) -> Self:

@@ -47,6 +47,7 @@ from schemas import Endpoint, Generation, SamplingParams, canonical_json, sha256
 from tasks.errors import RnerError
 from tasks.jsonl import describe
 from tasks.prompts import Message
+from tasks.redact import install_log_redaction, redact_url
 from tasks.store import Store
 
 
@@ -222,11 +223,12 @@ MASKED = "**********"
 def endpoint_api_key(endpoint: Endpoint) -> str:
     """The key to send to ``endpoint``: from the variable its ``api_key_env`` names (read now, never stored), its
     in-process ``api_key``, or none ("EMPTY", what the OpenAI SDK needs for a server without a key)."""
+    url = redact_url(endpoint.base_url)
     if endpoint.api_key_env is not None:
         key = os.environ.get(endpoint.api_key_env, "")
         if not key:
             raise MissingKeyError(
-                f"the endpoint {endpoint.base_url} ({endpoint.model}) takes its API key from ${endpoint.api_key_env}, "
+                f"the endpoint {url} ({endpoint.model}) takes its API key from ${endpoint.api_key_env}, "
                 "which is not set here: set it (Kubernetes jobs: a key of the backend's env_secret; docker jobs: name "
                 "it in forward_env), or set api_key_env: null for a server without a key"
             )
@@ -236,7 +238,7 @@ def endpoint_api_key(endpoint: Endpoint) -> str:
     key = endpoint.api_key.get_secret_value()
     if key == MASKED:
         raise MissingKeyError(
-            f"the endpoint {endpoint.base_url} ({endpoint.model}) has an api_key that was masked when its config was "
+            f"the endpoint {url} ({endpoint.model}) has an api_key that was masked when its config was "
             "written out: give the key through an environment variable instead (api_key_env)"
         )
     return key
@@ -276,6 +278,7 @@ class LLMClient:
         max_retries: int = 5,
         cache: RequestCache | None = None,
     ) -> None:
+        install_log_redaction()  # the HTTP client logs each request's URL, the SDK each retry
         self.endpoint = endpoint
         self.cache = cache
         self.timeout_s = timeout_s
@@ -360,8 +363,10 @@ class LLMClient:
 
     def _error(self, cause: str) -> LLMRequestError:
         return LLMRequestError(
-            f"chat request to {self.endpoint.base_url} (model {self.endpoint.model!r}) failed: {cause} "
-            f"[max_retries={self.max_retries}, timeout {self.timeout_s:g} s per attempt]"
+            redact_url(
+                f"chat request to {self.endpoint.base_url} (model {self.endpoint.model!r}) failed: {cause} "
+                f"[max_retries={self.max_retries}, timeout {self.timeout_s:g} s per attempt]"
+            )
         )
 
     async def aclose(self) -> None:

@@ -50,6 +50,7 @@ import httpx
 from schemas.configs import Endpoint, VLLMLaunch
 from tasks.errors import RnerError
 from tasks.models import resolve_model
+from tasks.redact import redact_url
 from tasks.settings import Settings
 from tasks.vllm_env import cuda_available, vllm_python
 
@@ -278,15 +279,20 @@ def _wait_healthy(process: _Process, url: str, deadline: float) -> None:
                 # while a worker it left behind still holds the pipe.
                 process.reader.join(timeout=1)
                 raise ServerError(
-                    f"vLLM server exited with code {code} before it was ready; last log lines:\n{process.last_lines()}"
+                    redact_url(
+                        f"vLLM server exited with code {code} before it was ready; last log lines:\n"
+                        f"{process.last_lines()}"
+                    )
                 )
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(url).status_code == 200:
                     return
             if time.monotonic() > deadline:
                 raise ServerError(
-                    f"vLLM server not healthy at {url} before the startup timeout; last log lines:\n"
-                    f"{process.last_lines()}"
+                    redact_url(
+                        f"vLLM server not healthy at {url} before the startup timeout; last log lines:\n"
+                        f"{process.last_lines()}"
+                    )
                 )
             time.sleep(HEALTH_POLL_S)
 

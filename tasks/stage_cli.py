@@ -21,6 +21,7 @@ from schemas import Config, Endpoint
 from tasks.config import ConfigError, build_config, load_config
 from tasks.errors import RnerError
 from tasks.jsonl import describe
+from tasks.redact import install_log_redaction, redact_url
 from tasks.store import Published, Store
 
 C = TypeVar("C", bound=Config)
@@ -30,11 +31,14 @@ err = Console(stderr=True, soft_wrap=True)
 
 @contextmanager
 def clean_errors() -> Iterator[None]:
-    """Expected failures become one red line on stderr and exit status 1; bugs keep their traceback."""
+    """Expected failures become one red line on stderr and exit status 1; bugs keep their traceback.
+
+    Every command runs in here, so this is where URL credentials leave logs and messages (``tasks.redact``)."""
+    install_log_redaction()
     try:
         yield
     except (RnerError, ValidationError, FileNotFoundError) as e:
-        message = describe(e) if isinstance(e, ValidationError) else str(e)
+        message = redact_url(describe(e) if isinstance(e, ValidationError) else str(e))
         err.print(f"[bold red]error:[/] {message}", highlight=False)
         sys.exit(1)
 

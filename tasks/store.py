@@ -69,6 +69,7 @@ from schemas import (
 from schemas.manifest import seal_digest, sealed_json
 from tasks.errors import RnerError
 from tasks.jsonl import describe, dump_jsonl, parse_lines
+from tasks.redact import redact_url
 from tasks.settings import Settings
 
 _log = logging.getLogger("rner.store")
@@ -625,7 +626,7 @@ def _s3_store(url: str, settings: Settings) -> S3Store:
     try:
         return S3Store.from_url(url, config=config, client_options=client, retry_config=retry)
     except BaseError as e:
-        raise StoreUnavailable(f"cannot configure {url}: {_first_line(e)}") from None
+        raise StoreUnavailable(f"cannot configure {redact_url(url)}: {_first_line(e)}") from None
 
 
 _STAGING = re.compile(r"[^#]+#\d+")
@@ -681,4 +682,5 @@ def _file_sha256(path: Path) -> str:
 
 
 def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    """The first line of ``error``'s message, credentials of the URLs in it (an S3 endpoint's) redacted."""
+    return redact_url(str(error).strip().splitlines()[0]) if str(error).strip() else type(error).__name__
