@@ -45,7 +45,9 @@ lenient about the wrapping and strict about the content:
 
 Nothing here raises on any string, and work is bounded: completions over ``max_chars`` are refused
 unread, and at most 64 JSON start positions and 64 fences are tried, so a worst-case input of the
-maximum size parses in about 0.1 s.
+maximum size parses in about 0.1 s. JSON nested more than 64 levels deep is "bad_json" (detail "JSON
+nested too deeply ...") and is refused before it is decoded, so no recursion depth is up to the input
+and the verdict does not depend on how deep the caller's stack is.
 
 ``ground`` gives each mention one span (an empty mention none: it is ungrounded). Longer mentions are
 placed first and no two mentions share a span while a free occurrence remains, so "Oyelaran" listed
@@ -54,14 +56,16 @@ successive occurrences left to right; when none is free, a mention reuses the fi
 ranked in tiers (exact on word boundaries, case-insensitive on word boundaries, exact inside a word as
 "Art" in "Bart", case-insensitive inside a word) and only the best tier that has any occurrence is used.
 A case-insensitive match carries the passage's own casing, so ``passage[e.start:e.end] == e.text``
-always holds. Entities come back in mention order.
+always holds. Entities come back in mention order. Grounding costs one C-speed search of the passage
+per distinct surface string plus O(log n) per occurrence and per mention (an occurrence found taken is
+never looked at again): 2,000 repeated short mentions in a 100 KB passage take about 0.02 s.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -75,6 +79,9 @@ Reason = Literal["too_long", "empty", "no_json", "bad_json", "bad_shape"]
 # Limits that keep adversarial completions cheap: each JSON attempt is linear in what it reads.
 _MAX_CANDIDATES = 64
 _MAX_FENCES = 64
+# Deeper JSON is refused before it is decoded: an answer needs three levels, and the decoder (and repr)
+# recurse once per level, so a deep value would fail or not depending on the caller's stack.
+_MAX_DEPTH = 64
 
 _TEXT_KEYS = ("text", "entity", "name", "span", "mention")
 _LABEL_KEYS = ("label", "type", "category", "entity_type")
@@ -91,7 +98,7 @@ _JSON_START = re.compile(r'\{\s*["}]|\[\s*[{\["\]]')
 # Strings are matched (possessively, so no backtracking) and kept, so a ", ]" inside one survives.
 _TRAILING_COMMA = re.compile(r'("(?:[^"\\]++|\\.)*+")|,\s*([}\]])', re.DOTALL)
 _DECODER = json.JSONDecoder()
-_TOO_DEEP = "JSON nested too deeply"
+_TOO_DEEP = f"JSON nested too deeply (more than {_MAX_DEPTH} levels)"
 
 
 @dataclass(frozen=True)
@@ -197,8 +204,8 @@ def _scan(text: str) -> _Found:
     first_bad: _Found | None = None
     first_error = ""
     too_deep: list[tuple[int, int]] = []
-    for start, end in reversed(spans[-_MAX_CANDIDATES:]):
-        decoded = _decode_span(text, start, end)
+    for start, end, depth in reversed(spans[-_MAX_CANDIDATES:]):
+        decoded = _TOO_DEEP if depth > _MAX_DEPTH else _decode_span(text, start, end)
         if isinstance(decoded, str):
             first_error = first_error or decoded
             if decoded == _TOO_DEEP:
@@ -225,6 +232,9 @@ def _scan(text: str) -> _Found:
             continue
         except ValueError as e:
             first_error = first_error or str(e)
+            continue
+        if _deeper_than(value, _MAX_DEPTH):
+            first_error = first_error or _TOO_DEEP
             continue
         found = _judge(text, start, stop, value)
         key = (found.reason is None, stop, -start, found)
@@ -255,16 +265,29 @@ def _raw_starts(text: str, limit: int, skip: list[tuple[int, int]]) -> list[int]
     return starts
 
 
-def _top_level_spans(text: str) -> tuple[list[tuple[int, int]], int | None]:
-    """Balanced {...}/[...] spans not inside another, in order (end exclusive), and the cut-off point.
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether decoded JSON nests more than ``limit`` levels; iterative, so no recursion."""
+    todo = [(value, 1)] if isinstance(value, (list, dict)) else []
+    while todo:
+        item, level = todo.pop()
+        if level > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        todo.extend((c, level + 1) for c in children if isinstance(c, (list, dict)))
+    return False
+
+
+def _top_level_spans(text: str) -> tuple[list[tuple[int, int, int]], int | None]:
+    """Balanced {...}/[...] spans not inside another, in order (start, end exclusive, nesting depth),
+    and the cut-off point.
 
     Quotes count only inside brackets, so apostrophes and quotes in prose do not matter. A closer that
     does not match the innermost open bracket is ignored (constant time, unlike searching the stack).
     The cut-off point is the first bracket never closed that opens JSON rather than prose (``{"``,
     ``[{``): a truncated answer. Spans after it are its fragments and are dropped.
     """
-    spans: list[tuple[int, int]] = []
-    stack: list[tuple[str, int]] = []
+    spans: list[tuple[int, int, int]] = []
+    stack: list[list[Any]] = []  # [closer, position, depth of what is nested inside so far]
     in_string = False
     escaped_at = -1
     for m in _STRUCTURE.finditer(text):
@@ -279,15 +302,17 @@ def _top_level_spans(text: str) -> tuple[list[tuple[int, int]], int | None]:
         elif ch == '"':
             in_string = bool(stack)
         elif ch == "{":
-            stack.append(("}", i))
+            stack.append(["}", i, 0])
         elif ch == "[":
-            stack.append(("]", i))
+            stack.append(["]", i, 0])
         elif ch in "}]" and stack and stack[-1][0] == ch:
-            start = stack.pop()[1]
+            _, start, inner = stack.pop()
+            if stack:
+                stack[-1][2] = max(stack[-1][2], inner + 1)
             while spans and spans[-1][0] > start:
                 spans.pop()
-            spans.append((start, i + 1))
-    cut = next((i for _, i in stack if _JSON_START.match(text, i)), None)
+            spans.append((start, i + 1, inner + 1))
+    cut = next((i for _, i, _ in stack if _JSON_START.match(text, i)), None)
     if cut is not None:
         while spans and spans[-1][0] > cut:
             spans.pop()
@@ -395,72 +420,119 @@ def _mentions(pairs: tuple[tuple[str, str], ...], keep_blank: bool) -> tuple[Men
 
 
 def _kind(value: Any) -> str:
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except RecursionError:  # depth is bounded before this, but the caller's stack may be nearly full
+        shown = "[...]" if isinstance(value, list) else "{...}"
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     return f"{type(value).__name__} {shown}"
 
 
 def ground(text: str, mentions: Iterable[Mention]) -> Grounded:
-    """One span in ``text`` per mention; mentions found nowhere are ``ungrounded`` (see module docs)."""
+    """One span in ``text`` per mention; mentions found nowhere are ``ungrounded`` (see module docs).
+
+    Work is bounded: one search of ``text`` per distinct surface string (C speed; plain ``str.find``
+    for ASCII), then amortized O(log n) per occurrence and per mention, since an occurrence found
+    taken is never looked at again (claims only grow)."""
     mentions = list(mentions)
-    tiers_of: dict[str, list[list[tuple[int, int]]]] = {}
-    cursor: dict[str, int] = {}  # per surface string: where its next occurrence may start
-    taken: list[tuple[int, int]] = []  # spans given out so far, disjoint, sorted
+    searches: dict[str, _Occurrences | None] = {}
+    covered = bytearray(len(text))  # 1 where a claimed span lies; claimed spans are disjoint
+    lowered: list[str] = []  # text.lower(), computed once if an ASCII case-insensitive search needs it
     placed: dict[int, Entity] = {}
     # Longest surface first: "Oyelaran" must not claim the inside of "Marcus Oyelaran" listed with it.
     for i in sorted(range(len(mentions)), key=lambda i: -len(mentions[i].text)):
         m = mentions[i]
         if not m.text:  # an empty mention is nowhere, and would be found everywhere
             continue
-        tiers = tiers_of.get(m.text)
-        if tiers is None:
-            tiers = tiers_of[m.text] = _ranked_spans(text, m.text)
-        span = _pick(tiers, cursor.get(m.text, 0), taken)
-        if span is None:
+        if m.text not in searches:
+            tier = _best_tier(text, m.text, lowered)
+            searches[m.text] = _Occurrences(tier) if tier else None
+        occurrences = searches[m.text]
+        if occurrences is None:
             continue
-        start, end = span
+        start, end = occurrences.pick(covered)
         try:
             placed[i] = Entity(text=text[start:end], label=m.label, start=start, end=end)
         except ValueError:  # the passage's span breaks the contract (e.g. a lone surrogate)
             continue
-        cursor[m.text] = end
+        occurrences.cursor = end
     entities = tuple(placed[i] for i in range(len(mentions)) if i in placed)
     ungrounded = tuple(m for i, m in enumerate(mentions) if i not in placed)
     return Grounded(entities, ungrounded)
 
 
-def _pick(tiers: list[list[tuple[int, int]]], cursor: int, taken: list[tuple[int, int]]) -> tuple[int, int] | None:
-    """In the best tier that has any occurrence: the first free one at or after ``cursor``, else the first
-    free one (claimed in ``taken``), else the first one, shared. ``None`` if the surface occurs nowhere."""
-    tier = next((t for t in tiers if t), None)
-    if tier is None:
-        return None
-    free = [s for s in tier if not _overlaps(s, taken)]
-    if not free:
-        return tier[0]
-    span = next((s for s in free if s[0] >= cursor), free[0])
-    insort(taken, span)
-    return span
+class _Occurrences:
+    """The occurrences of one surface string (its best tier, in text order) and where the next may start."""
+
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
+        self.spans = spans
+        self.starts = [s for s, _ in spans]
+        # Union-find "next candidate" pointers: an occurrence found taken is skipped from then on.
+        self.next = list(range(len(spans) + 1))
+        self.cursor = 0
+
+    def _free_from(self, k: int, covered: bytearray) -> int | None:
+        nxt, spans = self.next, self.spans
+        while True:
+            root = k
+            while nxt[root] != root:
+                root = nxt[root]
+            while nxt[k] != root:  # path compression
+                nxt[k], k = root, nxt[k]
+            if root == len(spans):
+                return None
+            start, end = spans[root]
+            if covered.find(1, start, end) == -1:
+                return root
+            nxt[root] = root + 1  # taken for good: claims are never released
+            k = root
+
+    def pick(self, covered: bytearray) -> tuple[int, int]:
+        """The first free occurrence at or after the cursor, else the first free one (both claimed in
+        ``covered``), else the first one, shared."""
+        k = self._free_from(bisect_left(self.starts, self.cursor), covered)
+        if k is None:
+            k = self._free_from(0, covered)
+        if k is None:
+            span = self.spans[0]
+        else:
+            span = self.spans[k]
+            covered[span[0] : span[1]] = b"\x01" * (span[1] - span[0])
+        return span
 
 
-def _overlaps(span: tuple[int, int], taken: list[tuple[int, int]]) -> bool:
-    k = bisect_left(taken, span)
-    return (k > 0 and taken[k - 1][1] > span[0]) or (k < len(taken) and taken[k][0] < span[1])
-
-
-def _ranked_spans(text: str, surface: str) -> list[list[tuple[int, int]]]:
-    """Occurrences in four tiers: exact on word boundaries, case-insensitive on word boundaries,
-    exact inside a word, case-insensitive inside a word; each tier in text order."""
+def _best_tier(text: str, surface: str, lowered: list[str]) -> list[tuple[int, int]]:
+    """The occurrences in the best tier that has any: exact on word boundaries, case-insensitive on word
+    boundaries, exact inside a word, case-insensitive inside a word; in text order."""
     exact: list[tuple[int, int]] = []
     i = text.find(surface)
     while i != -1:
         exact.append((i, i + len(surface)))
         i = text.find(surface, i + 1)
-    folded = [m.span() for m in re.finditer(re.escape(surface), text, re.IGNORECASE)]
-    folded = [s for s in folded if text[s[0] : s[1]] != surface]
-    on_words = [[s for s in pool if _on_word_boundaries(text, *s)] for pool in (exact, folded)]
-    inside = [[s for s in pool if not _on_word_boundaries(text, *s)] for pool in (exact, folded)]
-    return on_words + inside
+    exact_on = [s for s in exact if _on_word_boundaries(text, *s)]
+    if exact_on:
+        return exact_on
+    folded = [s for s in _folded_spans(text, surface, lowered) if text[s[0] : s[1]] != surface]
+    folded_on = [s for s in folded if _on_word_boundaries(text, *s)]
+    if folded_on:
+        return folded_on
+    exact_inside = [s for s in exact if not _on_word_boundaries(text, *s)]
+    return exact_inside or [s for s in folded if not _on_word_boundaries(text, *s)]
+
+
+def _folded_spans(text: str, surface: str, lowered: list[str]) -> list[tuple[int, int]]:
+    """Non-overlapping case-insensitive matches, as ``re.finditer(..., re.IGNORECASE)`` finds them."""
+    if not (text.isascii() and surface.isascii()):
+        return [m.span() for m in re.finditer(re.escape(surface), text, re.IGNORECASE)]
+    # ASCII on both sides: lower-casing is one character for one, so str.find gives the same spans.
+    if not lowered:
+        lowered.append(text.lower())
+    low, needle, spans = lowered[0], surface.lower(), []
+    i = low.find(needle)
+    while i != -1:
+        spans.append((i, i + len(needle)))
+        i = low.find(needle, i + len(needle))
+    return spans
 
 
 def _on_word_boundaries(text: str, start: int, end: int) -> bool:

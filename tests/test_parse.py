@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -560,3 +562,72 @@ def test_ground_recovers_every_gold_span_of_the_demo_corpus_from_a_paper_answer(
             parsed = parse_completion(assistant_target("...", ex.entities, ex.labels))  # grouped by label
             got = sorted((e.start, e.end, e.label) for e in ground(ex.text, parsed.mentions).entities)
             assert got == sorted((e.start, e.end, e.label) for e in ex.entities), ex.id
+
+
+# --- bounded work (issue 17, item 6) ----------------------------------------------------------------
+
+
+def _at_stack_depth(frames: int, f: Callable[[], Parsed]) -> Parsed:
+    return f() if frames == 0 else _at_stack_depth(frames - 1, f)
+
+
+@pytest.mark.parametrize("depth", [150, 500, 900, 990, 5000])
+@pytest.mark.parametrize("frames", [0, 400, 800])
+def test_deep_nesting_is_refused_the_same_way_at_any_stack_depth(depth: int, frames: int) -> None:
+    # The verdict must not depend on how deep the caller's stack is, and nothing may raise.
+    for answer in (
+        '{"entities": {"person": ' + "[" * depth + "]" * depth + "}}",
+        '{"entities": [' + "[" * depth + "1," + "]" * depth + "]}",
+    ):
+        p = _at_stack_depth(frames, lambda a=answer: parse_completion(a))
+        assert p.reason == "bad_json", (depth, frames, p.reason, p.detail[:80])
+        assert "too deeply" in p.detail
+        assert p.mentions == ()
+
+
+def test_shallow_nesting_is_judged_on_its_shape() -> None:
+    p = parse_completion('{"entities": {"person": ' + "[" * 20 + "]" * 20 + "}}")
+    assert p.reason == "bad_shape"
+
+
+def test_ground_many_repeated_short_mentions_in_a_long_text_is_fast() -> None:
+    text = ("Ada met Bob in Rome. " * 5000)[:100_000]
+    mentions = [m("Ada", "person"), m("Bob", "person"), m("a", "x"), m("Ro", "x")] * 500
+    start = time.perf_counter()
+    g = ground(text, mentions)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2.0, elapsed
+    assert len(g.entities) == 2000 and g.ungrounded == ()
+    ada = [e.start for e in g.entities if e.text == "Ada"]
+    assert ada == sorted(ada) and len(set(ada)) == 500  # successive occurrences, none shared
+    for e in g.entities:
+        assert text[e.start : e.end] == e.text
+
+
+def test_ground_many_distinct_mentions_in_a_long_text_is_fast() -> None:
+    text = ("Ada met Bob in Rome. " * 5000)[:100_000]
+    mentions = [m(f"w{i}", "x") for i in range(2000)] + [m("rome", "loc")] * 2000
+    start = time.perf_counter()
+    g = ground(text, mentions)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2.0, elapsed
+    assert len(g.entities) == 2000 and all(e.text == "Rome" for e in g.entities)
+
+
+def test_ground_reuses_the_first_occurrence_once_all_are_taken() -> None:
+    g = ground("Ada and Ada", [m("Ada", "p")] * 4)
+    assert [(e.start, e.end) for e in g.entities] == [(0, 3), (8, 11), (0, 3), (0, 3)]
+
+
+def test_deep_value_beside_a_good_answer_never_raises_near_the_recursion_limit() -> None:
+    # Before: the decoder took this (900 levels fit), then repr() in the bad_shape message recursed
+    # past the limit when the caller's stack was ~90 frames deep (as under a CLI), a RecursionError.
+    depth = 900
+    answer = '{"person": ["Ada"], "x": ' + '{"a":' * depth + "1" + "}" * depth + "}"
+    frame, used = sys._getframe(), 0
+    while frame is not None:
+        frame, used = frame.f_back, used + 1
+    room = sys.getrecursionlimit() - used - depth
+    for frames in range(max(0, room - 60), room - 10):
+        p = _at_stack_depth(frames, lambda: parse_completion(answer))
+        assert p.reason == "bad_json" and "too deeply" in p.detail, (frames, p.reason)
