@@ -41,7 +41,7 @@ import typer
 from docker.errors import APIError, ContainerError, ImageNotFound
 from filelock import FileLock
 
-from flows.locks import Variant, download_sources, pins, variant_for
+from flows.locks import Variant, download_sources, minor_version, pins, variant_for
 from schemas import canonical_json
 from schemas.jobs import IMAGE_VERSION
 from tasks.errors import RnerError
@@ -110,9 +110,9 @@ def target_options(variant: Variant) -> list[str]:
     glibc, arch = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", arch_tag).groups()  # type: ignore[union-attr]
     platforms = [f"manylinux_2_{m}_{arch}" for m in range(int(glibc), 4, -1)]
     platforms += [f"manylinux{legacy}_{arch}" for legacy in ("2014", "2010", "1")]
-    minor = "".join(variant.python.split(".")[:2])
-    return [*(f"--platform={p}" for p in platforms), "--python-version", ".".join(variant.python.split(".")[:2]),
-            "--implementation", "cp", "--abi", f"cp{minor}", "--abi", "abi3", "--abi", "none"]  # fmt: skip
+    abi = f"cp{variant.python_minor.replace('.', '')}"
+    return [*(f"--platform={p}" for p in platforms), "--python-version", variant.python_minor,
+            "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none"]  # fmt: skip
 
 
 def python_version_of(image: str) -> str | None:
@@ -195,13 +195,11 @@ def build(
 def _check_python(variant: Variant, base: str) -> None:
     """A base whose Python is another minor version than the lock's would get wheels it cannot load. A base
     without python3 (a CUDA base installs it in the Dockerfile) or not on the engine yet is not checked."""
-    try:
-        found = python_version_of(base)
-    except docker.errors.ImageNotFound:
-        return
-    wanted = ".".join(variant.python.split(".")[:2])
-    if found is not None and ".".join(found.split(".")[:2]) != wanted:
-        raise ImageBuildError(f"base {base} has Python {found}; the lock {variant.name} is for Python {wanted}")
+    found = python_version_of(base)
+    if found is not None and minor_version(found) != variant.python_minor:
+        raise ImageBuildError(
+            f"base {base} has Python {found}; the lock {variant.name} is for Python {variant.python_minor}"
+        )
 
 
 def _stream_build(

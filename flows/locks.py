@@ -77,6 +77,11 @@ class Variant:
         return LOCKS / f"{self.name}.txt"
 
     @property
+    def python_minor(self) -> str:
+        """``3.12`` of ``3.12.3``: what decides which wheels load (their ``cp312`` tag)."""
+        return minor_version(self.python)
+
+    @property
     def pip_platform(self) -> str:
         """The platform tag pip downloads for (``x86_64-manylinux_2_39`` → ``manylinux_2_39_x86_64``)."""
         arch, _, tag = self.platform.partition("-")
@@ -109,6 +114,11 @@ VARIANTS = (
             CUDA_BASE, "cuda", requirements=("setuptools", "wheel", "ninja", "psutil", "packaging"),
             source_built=("flash-attn", "deepspeed")),
 )  # fmt: skip
+
+
+def minor_version(version: str) -> str:
+    """``major.minor`` of a Python version."""
+    return ".".join(version.split(".")[:2])
 
 
 def variant(name: str) -> Variant:
@@ -176,8 +186,8 @@ def lock(v: Variant, *, upgrade: bool = False) -> str:
 
 
 def _header(v: Variant) -> str:
-    target = f"{'reasoning-ner' + ('[' + ','.join(v.extras) + ']' if v.extras else '') if v.extras is not None else ''}"
-    what = " + ".join(filter(None, [target, *v.requirements]))
+    project = [] if v.extras is None else ["reasoning-ner" + (f"[{','.join(v.extras)}]" if v.extras else "")]
+    what = " + ".join([*project, *v.requirements])
     lines = [
         f"# {v.name}: {what}",
         f"# for the {v.role} image on {v.base} (Python {v.python}, {v.platform}, {v.accelerator})",
