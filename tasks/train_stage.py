@@ -60,11 +60,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from datasets import Dataset
+from pydantic import BaseModel, ConfigDict, ValidationError
 from transformers import TrainerCallback
 
 from schemas import FileEntry, InputRef, TrainConfig, config_hash, output_address
 from schemas.jobs import WORK_DIR
 from tasks.errors import RnerError
+from tasks.jsonl import describe
 from tasks.memory_plan import check_memory
 from tasks.models import MODEL_PREFIX, STORE_SCHEME, resolve_model
 from tasks.settings import Settings
@@ -329,20 +331,19 @@ class TrainingRun:
         from accelerate import PartialState
 
         state = PartialState()
-        steps = self._stored_steps() if self.config.resume else []
-        listing = self._checkpoint_listing(steps[-1]) if steps else None
+        listing = self.newest_checkpoint() if self.config.resume else None
         if listing is not None:  # every process checks, so that all of them stop together
             check_world_size(listing, state.num_processes, self.out.store.uri(f"{self.out.address}/{CHECKPOINTS}"))
-        local = self.workdir / "trainer" / f"checkpoint-{steps[-1]}" if steps else None
+        local = self.workdir / "trainer" / f"checkpoint-{listing['step']}" if listing else None
         if state.is_local_main_process:
             shutil.rmtree(self.workdir, ignore_errors=True)
             if local is not None and listing is not None:
                 files = [FileEntry.model_validate(f) for f in listing["files"]]
                 self.out.store.fetch_tree(self.out.address, files, f"{CHECKPOINTS}/{local.name}", local)
         state.wait_for_everyone()
-        if local is not None:
-            self.checkpoint, self.resumed_from = str(local), steps[-1]
-            _log.info("resuming from step %d of %s", steps[-1], self.out.store.uri(self.out.address))
+        if local is not None and listing is not None:
+            self.checkpoint, self.resumed_from = str(local), listing["step"]
+            _log.info("resuming from step %d of %s", listing["step"], self.out.store.uri(self.out.address))
 
     def dataset(
         self,
@@ -413,14 +414,33 @@ class TrainingRun:
             self.out.store.put(f"{self.out.address}/{CHECKPOINTS}/{name}.json", json.dumps(listing).encode())
             _log.info("checkpoint %d stored (%d files)", step, len(files))
 
-    def _stored_steps(self) -> list[int]:
-        """Steps of the complete checkpoints in the store, ascending."""
+    def newest_checkpoint(self) -> dict[str, Any] | None:
+        """The listing of the newest complete checkpoint in the store (see ``upload_checkpoint``), or None. A
+        listing that does not read back whole (a crash mid-write on a store without atomic writes) is reported
+        and passed over for the one before it, so a damaged checkpoint never blocks the run's resumption."""
         paths = self.out.store.list(f"{self.out.address}/{CHECKPOINTS}")
-        return sorted(int(m.group(1)) for p in paths if (m := _CHECKPOINT_LIST.search(p)))
+        for step in sorted((int(m.group(1)) for p in paths if (m := _CHECKPOINT_LIST.search(p))), reverse=True):
+            path = f"{self.out.address}/{CHECKPOINTS}/checkpoint-{step}.json"
+            try:
+                listing = _CheckpointListing.model_validate_json(self.out.store.get(path))
+            except ValidationError as e:
+                self.out.store.warn_once(
+                    path, f"{self.out.store.uri(path)}: damaged checkpoint listing ({describe(e)}); skipped"
+                )
+                continue
+            if listing.step == step:
+                return listing.model_dump(mode="json", exclude_none=True)
+            self.out.store.warn_once(path, f"{self.out.store.uri(path)}: names step {listing.step}; skipped")
+        return None
 
-    def _checkpoint_listing(self, step: int) -> dict[str, Any]:
-        """What ``upload_checkpoint`` wrote for ``step``: its files and the world size that wrote them."""
-        return json.loads(self.out.store.get(f"{self.out.address}/{CHECKPOINTS}/checkpoint-{step}.json"))
+
+class _CheckpointListing(BaseModel):
+    """What ``upload_checkpoint`` writes beside each checkpoint (``world_size`` is absent in old listings)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    step: int
+    world_size: int | None = None
+    files: list[FileEntry]
 
 
 def check_world_size(listing: dict[str, Any], world_size: int, where: str) -> None:

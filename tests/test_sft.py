@@ -247,6 +247,28 @@ def test_resuming_with_another_world_size_is_refused(
     sft.run(config.model_copy(update={"resume": False}), store, settings=train_settings)  # starting over is fine
 
 
+def test_a_damaged_checkpoint_listing_is_passed_over_for_the_one_before(
+    sft_smoke: Callable[..., SFTConfig], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash mid-write (a store without atomic writes) truncates the newest listing: the run resumes from the
+    complete checkpoint before it, reports the damage once, and never fails on it."""
+    store = Store(tmp_path / "store")
+    config = sft_smoke(save_steps=2)
+    run = TrainingRun.__new__(TrainingRun)  # only the output is needed: no model, no dataset
+    run.out = store.output(f"models/ct/sft/{config_hash(config)[:12]}")
+    checkpoints = f"{run.out.address}/_checkpoints"
+    assert run.newest_checkpoint() is None
+    store.put(f"{checkpoints}/checkpoint-2.json", json.dumps({"step": 2, "world_size": 1, "files": []}).encode())
+    store.put(f"{checkpoints}/checkpoint-4.json", b'{"step": 4, "world_si')
+    store.put(f"{checkpoints}/checkpoint-6.json", json.dumps({"step": 4, "files": []}).encode())  # misnamed
+    with caplog.at_level("WARNING"):
+        assert run.newest_checkpoint() == {"step": 2, "world_size": 1, "files": []}
+        assert run.newest_checkpoint()["step"] == 2  # type: ignore[index]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2  # once per damaged listing, not once per look
+    assert "checkpoint-4.json: damaged checkpoint listing (invalid JSON" in warnings[0] + warnings[1]
+
+
 def test_save_steps_beyond_the_run_are_warned_about() -> None:
     assert check_save_steps(40, 196) is None
     assert check_save_steps(196, 196) is None
