@@ -8,6 +8,7 @@
     rner up [--port 4200]          # local Prefect server + process worker, deployments registered
     rner deploy render             # regenerate deploy/prefect.yaml from flows/deployments.py
     rner k8s render-server --model deepseek-ai/DeepSeek-R1 --nodes 2   # a multi-node vLLM server, for kubectl
+    rner k8s render-service --model store:models/re/x --labels person  # the extraction service (rner serve)
 """
 
 import contextlib
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_DIR = Settings().home_dir / "prefect"
-PortOption = Annotated[int, typer.Option(help="Port of the Prefect server and UI on 127.0.0.1.")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port of the Prefect server and UI on 127.0.0.1.")]
 
 
 out = Console()
@@ -325,6 +326,44 @@ def render_kubernetes_server(
     print(render_server(server, spec, gpu), end="")
 
 
+def render_kubernetes_service(
+    model: Annotated[str, typer.Option(help="Model reference the pods serve (store:..., a hub id, a path).")],
+    labels: Annotated[str, typer.Option(help='Entity types for requests that give none: "person,city".')] = "",
+    gpus_per_pod: Annotated[int, typer.Option(min=1, help="GPUs per pod: vLLM's tensor-parallel size.")] = 1,
+    max_model_len: Annotated[int, typer.Option(min=1, help="The model server's context window.")] = 32768,
+    replicas: Annotated[int, typer.Option(min=1, help="Pods, each a whole model server.")] = 1,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The service's port (pod and Service).")] = 8080,
+    name: Annotated[str, typer.Option(help="ConfigMap, Deployment and Service name.")] = "rner-serve",
+    token_secret: Annotated[
+        str | None, typer.Option(help="Secret with the key RNER_SERVE_TOKEN (clients' bearer token).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A ServeConfig YAML to start from (the options above win).")
+    ] = None,
+    backend: Annotated[
+        Path | None, typer.Option(help="YAML KubernetesJob (namespace, images, cache_claim, env_secret, ...).")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="Store URL the pods resolve store: references in.")] = None,
+) -> None:
+    """Print the extraction service (ConfigMap + Deployment + Service) for `kubectl apply -f -`."""
+    from flows.kubernetes_service import ServiceDeployment, render_service
+    from schemas.jobs import KubernetesJob
+    from schemas.service import ServeConfig
+    from tasks.config import build_config, load_config
+    from tasks.extract import clean_labels
+
+    base = load_config(ServeConfig, config).model_dump(exclude_unset=True) if config else {}
+    server = {**base.get("server", {}), "kind": "vllm", "model": model}
+    server |= {"tensor_parallel_size": gpus_per_pod, "max_model_len": max_model_len}
+    serve = {**base, "server": server, "port": port}
+    if labels:
+        serve["labels"] = clean_labels(labels.split(","))
+    values = {"serve": serve, "name": name, "replicas": replicas, "token_secret": token_secret}
+    spec = build_config(ServiceDeployment, values, source="render-service options")
+    jobs = load_config(KubernetesJob, backend) if backend else build_config(KubernetesJob, {}, source="defaults")
+    print(render_service(spec, jobs, Store(store) if store else None), end="")
+
+
 def register(app: typer.Typer) -> None:
     """Add the orchestration commands to ``rner``."""
     app.command("up")(up)
@@ -342,6 +381,7 @@ def register(app: typer.Typer) -> None:
     kubernetes = typer.Typer(no_args_is_help=True, help="Kubernetes manifests of stage jobs.")
     kubernetes.command("render")(render_kubernetes)
     kubernetes.command("render-server")(render_kubernetes_server)
+    kubernetes.command("render-service")(render_kubernetes_service)
     app.add_typer(kubernetes, name="k8s")
     deploy = typer.Typer(no_args_is_help=True, help="Prefect deployments (deploy/prefect.yaml).")
     deploy.command("render")(render_deployments)

@@ -45,6 +45,7 @@ from flows.locks import Variant, download_sources, minor_version, pins, variant_
 from schemas import canonical_json
 from schemas.jobs import IMAGE_VERSION
 from tasks.errors import RnerError
+from tasks.stage_cli import check_writable
 from tasks.store import code_version
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
@@ -244,6 +245,8 @@ def cli_wheelhouse(
 ) -> None:
     """Download an image's build context wheels (its lock, for its platform) without building: for an engine
     elsewhere (`rner images build --wheelhouse`), or to check that every pinned file exists."""
-    collect_wheels(variant_for(role, accelerator), output)
+    chosen = variant_for(role, accelerator)
+    check_writable(output, "--output", folder=True)
+    collect_wheels(chosen, output)
     sizes = {folder: sum(f.stat().st_size for f in (output / folder).iterdir()) for folder in ("wheels", "sources")}
     print(json.dumps({"output": str(output), "bytes": sizes}))

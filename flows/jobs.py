@@ -2,7 +2,9 @@
 
 A job is the stage's command line (``python -m tasks.<stage> --config-json ... --store ...``) on a
 backend (``schemas.jobs``): a local subprocess, a container (``flows.docker_jobs``) or a Kubernetes Job
-(``flows.kubernetes_jobs``). Its stderr goes line by line to the Prefect run log; ``<step> progress d/t``
+(``flows.kubernetes_jobs``). Each backend is a ``JobRunner``, the interface this module owns; the backends import
+it, never the other way round (the caller picks the runner: ``flows.stages.runner_for``). The job's stderr goes
+line by line to the Prefect run log; ``<step> progress d/t``
 lines also reach ``on_progress``; its result line names the published output, which is loaded from the
 store and returned. A job that exits non-zero raises ``JobFailed`` with the tail of its log. Cancelling
 the flow (or any exception while waiting) stops the job on every backend: SIGTERM first, which the stage
@@ -10,7 +12,7 @@ turns into a clean shutdown of any server it started, then SIGKILL after a grace
 
 Usage::
 
-    published = run_job("annotate", config, LocalJob(), store, on_progress=lambda step, d, t: ...)
+    published = run_job("annotate", config, LocalJob(), store, run_local, on_progress=lambda step, d, t: ...)
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from prefect.logging import get_run_logger
 
 from schemas import Config, Endpoint
-from schemas.jobs import DockerJob, JobBackend, KubernetesJob
+from schemas.jobs import JobBackend, LocalJob
 from tasks.errors import RnerError
 from tasks.store import Published, Store
 
@@ -56,6 +59,26 @@ Progress = Callable[[str, int, int], None]
 
 class JobFailed(RnerError):
     """The stage's process failed; the message carries the end of its log."""
+
+
+B = TypeVar("B", bound=Config, contravariant=True)
+
+
+class JobRunner(Protocol[B]):
+    """What a backend implements: run ``stage_command`` for the stage on backend ``B`` (``LocalJob``,
+    ``DockerJob``, ``KubernetesJob``) to the end, each stderr line to ``on_line`` as it comes; stop it on any
+    exception while waiting; return (exit status, stdout lines)."""
+
+    def __call__(
+        self,
+        stage: str,
+        config: Config,
+        store: Store,
+        backend: B,
+        on_line: Callable[[str], None],
+        *,
+        endpoint: Endpoint | None = None,
+    ) -> tuple[int, list[str]]: ...
 
 
 def stage_command(
@@ -95,23 +118,15 @@ def run_job(
     config: Config,
     backend: JobBackend,
     store: Store,
+    runner: JobRunner[Any],
     *,
     endpoint: Endpoint | None = None,
     on_progress: Progress | None = None,
 ) -> Published:
-    """Run the stage on ``backend`` to the end; its published output (``JobFailed`` if it failed)."""
+    """Run the stage with ``runner`` on ``backend`` to the end; its published output (``JobFailed`` if it failed)."""
     log = JobLog(stage, on_progress)
     get_run_logger().info("job %s on %s", stage, backend.kind)
-    if isinstance(backend, DockerJob):
-        from flows.docker_jobs import run_container
-
-        status, stdout = run_container(stage, config, store, backend, log, endpoint=endpoint)
-    elif isinstance(backend, KubernetesJob):
-        from flows.kubernetes_jobs import run_kubernetes
-
-        status, stdout = run_kubernetes(stage, config, store, backend, log, endpoint=endpoint)
-    else:
-        status, stdout = _run_local(stage_command(stage, config, store, backend.python, endpoint), store, log)
+    status, stdout = runner(stage, config, store, backend, log, endpoint=endpoint)
     if status != 0:
         tail = "\n".join(log.tail)
         raise JobFailed(f"stage {stage} exited with status {status}; its log ends with:\n{tail}")
@@ -136,8 +151,17 @@ def _published(stage: str, lines: list[str], store: Store) -> Published:
     return published
 
 
-def _run_local(command: list[str], store: Store, log: JobLog) -> tuple[int, list[str]]:
-    """A subprocess in its own session; stderr to ``log`` as it comes; (exit status, stdout lines)."""
+def run_local(
+    stage: str,
+    config: Config,
+    store: Store,
+    backend: LocalJob,
+    on_line: Callable[[str], None],
+    *,
+    endpoint: Endpoint | None = None,
+) -> tuple[int, list[str]]:
+    """The ``LocalJob`` runner: a subprocess in its own session; stderr to ``on_line`` as it comes."""
+    command = stage_command(stage, config, store, backend.python, endpoint)
     # The job resolves `store:` model references against the same store it writes to. Its progress reaches
     # the UI as progress lines; the libraries' own progress bars would only flood the run log.
     env = {**os.environ, "RNER_STORE": store.url, "TQDM_DISABLE": "1"}
@@ -149,7 +173,7 @@ def _run_local(command: list[str], store: Store, log: JobLog) -> tuple[int, list
     reader.start()
     try:
         for line in process.stderr or []:
-            log(line)
+            on_line(line)
         process.wait()
     finally:
         if process.poll() is None:

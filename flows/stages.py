@@ -9,8 +9,8 @@ it publishes something new, an event says so (``rner.dataset.published`` / ``rne
 / ``rner.output.published``).
 
 ``show_output`` then gives the run its artifacts: a table of the output's stats (and its score
-histogram or per-dataset F1 when it has them), the markdown card or report it carries, and a link to
-the output in the store.
+histogram or per-dataset F1 when it has them), the markdown card or report it carries (its charts
+embedded, ``tasks.inline_images``), and a link to the output in the store.
 
 Usage (inside a flow)::
 
@@ -35,10 +35,11 @@ from prefect.artifacts import (
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.events import emit_event
 
-from flows.jobs import run_job
+from flows.jobs import JobRunner, run_job, run_local
 from flows.results import StoreResults
 from schemas import Config, Endpoint
-from schemas.jobs import JobBackend
+from schemas.jobs import DockerJob, JobBackend, KubernetesJob
+from tasks.inline_images import inline_images
 from tasks.store import Published, Store
 
 PROGRESS_EVERY_S = 1.0
@@ -80,11 +81,24 @@ def stage_job(
             logged = now
 
     endpoint = server() if server is not None else None
-    published = run_job(stage, config, backend, store, endpoint=endpoint, on_progress=on_progress)
+    published = run_job(stage, config, backend, store, runner_for(backend), endpoint=endpoint, on_progress=on_progress)
     update_progress_artifact(progress, 100.0)
     if published.manifest.created_at >= started:
         _announce(stage, published, store)
     return {"address": published.manifest.address, "digest": published.digest}
+
+
+def runner_for(backend: JobBackend) -> JobRunner[Any]:
+    """The job runner of ``backend``'s kind; the Docker and Kubernetes clients are imported only when used."""
+    if isinstance(backend, DockerJob):
+        from flows.docker_jobs import run_container
+
+        return run_container
+    if isinstance(backend, KubernetesJob):
+        from flows.kubernetes_jobs import run_kubernetes
+
+        return run_kubernetes
+    return run_local
 
 
 def run_stage(
@@ -133,9 +147,15 @@ def show_output(stage: str, published: Published, store: Store) -> None:
     if per_dataset := manifest.stats.get("per_dataset"):
         table = [{"dataset": name, **scores} for name, scores in per_dataset.items()]
         create_table_artifact(table, key=_key(f"{stage}-f1"), description=f"{stage}: F1 per dataset")
+    files = {entry.path: entry for entry in manifest.files}
     for entry in (*manifest.files_with("card"), *manifest.files_with("report")):
         if entry.path.endswith(".md"):
-            text = store.read_file(manifest.address, entry).decode()
+            # The UI's browser cannot reach the store: the charts the markdown links go in as data URIs.
+            text = inline_images(
+                store.read_file(manifest.address, entry).decode(),
+                entry.path,
+                lambda path: store.read_file(manifest.address, files[path]) if path in files else None,
+            )
             create_markdown_artifact(text, key=_key(f"{stage}-{entry.role}"), description=f"{stage}: {entry.path}")
     uri = store.uri(manifest.address)
     link = uri if "://" in uri else f"file://{uri}"

@@ -49,6 +49,7 @@ from schemas.records import (
     RejectReason,
     SamplingParams,
 )
+from schemas.service import ExtractRequest, ExtractResponse, ServeConfig
 
 RECORD_TYPES: dict[str, type[Record]] = {
     m.__name__: m for m in (Passage, NERExample, CoTRecord, JudgeVerdict, Prediction, Rejection)
@@ -60,6 +61,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     **RECORD_TYPES,
     **{m.__name__: m for m in STAGE_CONFIGS.values()},
     **{m.__name__: m for m in (*RECIPES.values(), RecipeEval, ReportConfig)},
+    **{m.__name__: m for m in (ExtractRequest, ExtractResponse, ServeConfig)},
 }
 """Every model ``rner schemas export`` writes a JSON Schema for."""
 

@@ -7,7 +7,8 @@ Two flavours, both frozen and closed to unknown fields:
 - ``Config``: a stage configuration. Written by people in YAML, so numbers given as strings (PyYAML
   reads ``2e-5`` as a string) are coerced; everything else is as strict as a record. A config names
   the fields that do not change what the stage produces (concurrency, timeouts, endpoints): they are
-  left out of its hash, so tuning them never invalidates finished work.
+  left out of its hash, so tuning them never invalidates finished work; so are fields added later while
+  they hold their default (``ADDED``). Each field's docstring is its JSON-schema description.
 """
 
 from __future__ import annotations
@@ -23,21 +24,31 @@ T = TypeVar("T")
 Seq = Annotated[tuple[T, ...], Field(strict=False)]
 """An immutable sequence field that accepts JSON arrays and Python lists."""
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+MAX_NAME_CHARS = 512
+"""The longest name (``Name``): an id, an entity type, a model name. Wherever names come in (imported data, the
+labels given to ``rner extract``) this one limit applies."""
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
 """A non-empty identifier-like string (ids, labels, model names)."""
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True)
 
 
 class Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # Each field's docstring becomes its JSON-schema description: one help text for `rner config show`,
+    # `rner schemas export` and the Prefect run form.
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
     schema_version: Literal[1] = 1
+    """Version of the config format; a config written for another version is refused, not misread."""
 
     VOLATILE: ClassVar[frozenset[str]] = frozenset()
     """Fields that do not affect the output: excluded from ``config_hash``."""
+
+    ADDED: ClassVar[frozenset[str]] = frozenset()
+    """Fields added after outputs were made with this config: excluded from ``config_hash`` while they hold their
+    default (which does what the config did before they existed), so adding one moves no finished output."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     """Named parameter sets, e.g. ``paper`` (the paper's values) and ``smoke`` (a minute on a CPU)."""
@@ -58,7 +69,7 @@ class Config(BaseModel):
         name = data["preset"]
         if name is None:
             return rest
-        if name not in cls.PRESETS:
+        if not isinstance(name, str) or name not in cls.PRESETS:
             known = ", ".join(sorted(cls.PRESETS)) or "none"
             raise ValueError(f"{cls.__name__} has no preset {name!r} (known: {known})")
         return deep_merge(cls.PRESETS[name], rest)
@@ -66,8 +77,8 @@ class Config(BaseModel):
     def hash_payload(self) -> dict[str, Any]:
         """The part of the config that determines the output, as plain JSON data."""
         payload: dict[str, Any] = {}
-        for field in type(self).model_fields:
-            if field in self.VOLATILE:
+        for field, info in type(self).model_fields.items():
+            if field in self.VOLATILE or (field in self.ADDED and getattr(self, field) == info.default):
                 continue
             payload[field] = _jsonable(getattr(self, field))
         return payload

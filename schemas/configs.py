@@ -81,10 +81,14 @@ class Endpoint(Config):
     model_config = ConfigDict(hide_input_in_errors=True)
     VOLATILE = frozenset({"base_url", "api_key", "api_key_env"})
     kind: Literal["endpoint"] = "endpoint"
+    """Which kind of server this is: ``endpoint``, one that is already running."""
     base_url: Annotated[str, Field(pattern=r"^https?://")]
+    """The server's OpenAI-compatible API, e.g. ``http://host:8000/v1`` (no credentials in it: ``api_key_env``)."""
     model: Name
     """The model name the server knows (vLLM's ``--served-model-name``)."""
     api_key: SecretStr | None = None
+    """The API key itself, for a program that builds the endpoint and uses it in the same process; masked
+    wherever a config is written."""
     api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     """The environment variable that holds the server's API key, read when a stage connects (unset: the stage
     stops with an error naming it); ``None``: no key (a server without ``--api-key``)."""
@@ -125,12 +129,20 @@ class VLLMLaunch(Config):
         }
     )
     kind: Literal["vllm"] = "vllm"
+    """Which kind of server this is: ``vllm``, one the stage starts and stops itself."""
     model: Name = DEFAULT_MODEL
+    """The model to serve: ``default`` (the embedded SmolLM2-135M-Instruct), a model directory, a hub id or an
+    ``s3://`` prefix."""
     served_name: Name | None = None
+    """The name the server knows the model by (``--served-model-name``); ``None``: ``model``."""
     tensor_parallel_size: PositiveInt = 1
+    """GPUs each copy of the model is split over (vLLM's ``--tensor-parallel-size``)."""
     data_parallel_size: PositiveInt = 1
+    """Copies of the model served side by side (vLLM's ``--data-parallel-size``)."""
     gpu_ids: Seq[NonNegativeInt] = ()
+    """The GPUs the server runs on (``CUDA_VISIBLE_DEVICES``); empty: the ones the stage has."""
     max_model_len: PositiveInt = 2048
+    """Longest prompt + completion in tokens the server accepts (vLLM's ``--max-model-len``)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     """On a CPU without AVX512-BF16 or AMX, vLLM emulates bfloat16: float32 ran 3.6× faster on the 2-core
     AVX2 development machine (54 vs 15 output tokens/s, SmolLM2-135M, 16 requests in flight)."""
@@ -140,6 +152,7 @@ class VLLMLaunch(Config):
     port: Annotated[int, Field(ge=0, le=65535)] = 0
     """0 picks a free port."""
     extra_args: Seq[str] = ()
+    """More vLLM command-line arguments, passed as given."""
     python: str | None = None
     """Interpreter of the vLLM environment; ``None`` uses the project's managed vLLM virtualenv."""
     image: str | None = None
@@ -147,6 +160,7 @@ class VLLMLaunch(Config):
     kv_cache_gib: PositiveFloat = 2.0
     """KV cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``); ignored on GPU."""
     startup_timeout_s: PositiveFloat = 900.0
+    """Seconds to wait for the server to become healthy before the stage fails."""
 
 
 class TransformersRunner(Config):
@@ -154,9 +168,14 @@ class TransformersRunner(Config):
 
     VOLATILE = frozenset({"batch_size", "device"})
     kind: Literal["transformers"] = "transformers"
+    """Which kind of generator this is: ``transformers``, in the stage's own process."""
     model: Name = DEFAULT_MODEL
+    """The model to generate with: ``default`` (the embedded SmolLM2-135M-Instruct), a model directory, a hub id
+    or an ``s3://`` prefix."""
     batch_size: PositiveInt = 8
+    """Prompts generated together in one batch."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to generate: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``."""
 
 
 Server = Annotated[Endpoint | VLLMLaunch, Field(discriminator="kind")]
@@ -173,11 +192,18 @@ class LLMStage(Config):
 
     VOLATILE = frozenset({"input", "concurrency", "request_timeout_s", "max_retries"})
     input: Name | None = None
+    """Where the stage reads its records from: a store address or prefix (set by the flow when stages are
+    chained)."""
     sampling: SamplingParams = SamplingParams()
+    """Decoding parameters of every request."""
     shard_size: PositiveInt = 64
+    """Records per output shard; a resumed run skips finished shards, so changing it changes the output."""
     concurrency: PositiveInt = 64
+    """Requests in flight to the server at once."""
     request_timeout_s: PositiveFloat = 600.0
+    """Seconds one request may take before it is retried."""
     max_retries: NonNegativeInt = 5
+    """More attempts of a failed request (exponential backoff) before it counts as failed."""
 
 
 _R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768}
@@ -200,6 +226,7 @@ class AnnotateConfig(LLMStage):
 
     VOLATILE = LLMStage.VOLATILE | {"only"}
     teacher: Server = VLLMLaunch()
+    """The teacher LLM: a running ``endpoint`` or a ``vllm`` server the stage starts."""
     max_passage_chars: PositiveInt = 20_000
     """Longer passages are rejected (``text_too_long``), never truncated."""
     only: Seq[Name] = ()
@@ -223,18 +250,39 @@ class ValidateConfig(Config):
     """CG step 2: structural checks of each CoT record, with reason codes."""
 
     VOLATILE = frozenset({"input"})
+    ADDED = frozenset({"max_reasoning_tokens", "tokenizer"})
     input: Name | None = None
+    """Address of the teacher's CoT records (set by the flow when stages are chained)."""
     max_reasoning_chars: PositiveInt = 20_000
+    """Longer reasoning is rejected (``reasoning_too_long``)."""
     max_answer_chars: PositiveInt = 8_000
+    """Longer answers are rejected (``answer_too_long``)."""
     max_entities: PositiveInt = 256
+    """Answers with more entities are rejected (``too_many_entities``)."""
     require_mentions_in_reasoning: bool = True
+    """Reject a record whose reasoning does not mention each of its entities' text
+    (``entity_not_in_reasoning``)."""
+    max_reasoning_tokens: PositiveInt | None = None
+    """Reasoning longer than this many tokens of ``tokenizer`` is rejected (``reasoning_too_long``): concise
+    chains to train on. ``None`` (the paper): no cap in tokens."""
+    tokenizer: Name | None = None
+    """Model reference whose tokenizer counts reasoning tokens (the student's: what it will learn to write);
+    needed by ``max_reasoning_tokens``, and with it the output's stats and the dataset card show a histogram of
+    reasoning lengths before and after validation."""
     PRESETS: ClassVar = {"paper": {}, "smoke": {}}
+
+    @model_validator(mode="after")
+    def _tokens_need_a_tokenizer(self) -> Self:
+        if self.max_reasoning_tokens is not None and self.tokenizer is None:
+            raise ValueError("max_reasoning_tokens: give `tokenizer`, the model whose tokens it counts")
+        return self
 
 
 class JudgeConfig(LLMStage):
     """CG step 3: a judge LLM scores each reasoning chain 0-10."""
 
     judge: Server = VLLMLaunch()
+    """The judge LLM: a running ``endpoint`` or a ``vllm`` server the stage starts."""
     PRESETS: ClassVar = {
         "paper": {
             "judge": {"kind": "vllm", "model": PAPER_JUDGE, "tensor_parallel_size": 4, "max_model_len": 40960},
@@ -253,7 +301,9 @@ class PublishConfig(Config):
     verdicts: Name | None = None
     """Address of the judge's verdicts on them."""
     min_score: Annotated[float, Field(ge=0, le=10)] = 9.0
+    """Keep the records the judge scored at least this (0-10; the paper keeps 9 and 10)."""
     dataset: Name = "ner-cot"
+    """Name of the published dataset: versions go to ``datasets/<dataset>/vN``."""
     base: Name | None = None
     """A previous version whose records the new version carries over (an incremental refresh)."""
     PRESETS: ClassVar = {"paper": {"min_score": 9.0}, "smoke": {"min_score": 0.0}}
@@ -269,10 +319,15 @@ class CGConfig(Config):
 
     VOLATILE = frozenset({"input"})
     input: Name
+    """The raw passages: a prefix in the store holding ``Passage`` JSONL files, or a published output."""
     annotate: AnnotateConfig = AnnotateConfig()
+    """Step 1: the teacher writes reasoning and entities."""
     validation: ValidateConfig = ValidateConfig()
+    """Step 2: structural checks of the teacher's records."""
     judge: JudgeConfig = JudgeConfig()
+    """Step 3: the judge scores each reasoning chain."""
     publish: PublishConfig = PublishConfig()
+    """Step 4: the records scored high enough become a new dataset version."""
     PRESETS: ClassVar = {
         name: {
             "input": "raw/passages",
@@ -311,6 +366,7 @@ class MixConfig(Config):
     sources: Annotated[Seq[Name], Field(min_length=1)]
     """Addresses of published ``cot``/``ner`` outputs, or ``demo:cot``; pinned by their digests."""
     on_duplicate: Literal["error", "first"] = "error"
+    """An example id present in several sources: ``error`` stops, ``first`` keeps the first source's."""
     PRESETS: ClassVar = {
         "paper": {"sources": ["datasets/ner-cot/v1"]},  # the paper trains on its NER-CoT set alone
         "smoke": {"sources": ["demo:cot"]},
@@ -326,7 +382,9 @@ class Parallelism(Config):
 
     VOLATILE = frozenset({"rdzv_endpoint"})
     num_nodes: PositiveInt = 1
+    """Nodes (machines) the training runs on."""
     processes_per_node: PositiveInt = 1
+    """Training processes on each node, usually one per GPU."""
     rdzv_endpoint: str | None = None
     """``host:port`` of the c10d rendezvous for multi-node runs."""
 
@@ -359,35 +417,56 @@ class TrainConfig(Config):
     """
 
     VOLATILE = frozenset({"logging_steps", "save_steps", "parallel", "per_device_batch_size", "resume"})
+    ADDED = frozenset({"warmup_steps"})
     dataset: Name
+    """The training data: the address of a published dataset (set by the flow when stages are chained)."""
     model: Name = DEFAULT_MODEL
+    """The model to start from: ``default`` (the embedded SmolLM2-135M-Instruct), a model directory, a hub id,
+    an ``s3://`` prefix or ``store:<address>`` of a trained model."""
     epochs: PositiveFloat = 1.0
+    """Passes over the dataset (fractions allowed)."""
     max_steps: PositiveInt | None = None
     """Stop after this many optimizer steps (overrides ``epochs``)."""
     learning_rate: PositiveFloat = 2e-5
+    """Peak learning rate (AdamW)."""
     lr_scheduler: LRScheduler = "linear"
     """The learning-rate schedule after warm-up (transformers' ``lr_scheduler_type``)."""
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
     """The share of the optimizer steps over which the learning rate warms up from 0."""
+    warmup_steps: NonNegativeInt | None = None
+    """The optimizer steps over which the learning rate warms up from 0, instead of ``warmup_ratio`` (then 0);
+    ``None``: ``warmup_ratio`` decides."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """AdamW weight decay."""
     max_grad_norm: PositiveFloat = 1.0
     """Gradients are clipped to this norm (transformers' default)."""
     global_batch_size: PositiveInt = 8
+    """Sequences (SFT) or completions (GRPO) per optimizer step, over all processes."""
     per_device_batch_size: PositiveInt = 1
+    """Sequences per process per micro-batch; gradient accumulation makes up the rest of ``global_batch_size``."""
     bf16: bool = False
+    """Train in bfloat16 mixed precision (refused on a machine without it)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, more compute."""
     liger_kernel: bool = False
+    """Use the Liger kernels (fused cross-entropy, RMSNorm, ...): CUDA only."""
     flash_attention: bool = False
+    """Use FlashAttention-2 (needs ``bf16`` and a CUDA GPU)."""
     deepspeed_zero: Literal[0, 2, 3] = 0
+    """DeepSpeed ZeRO stage (0: off; 2: shard optimizer states and gradients; 3: parameters too)."""
     seed: int = 42
+    """Seeds data order, initialisation of new weights and sampling."""
     logging_steps: PositiveInt = 10
+    """Log the loss (and rewards) every this many optimizer steps."""
     save_steps: PositiveInt | None = 500
     """Store a checkpoint every this many optimizer steps; ``None``: never (runs short enough to redo). A run
     shorter than ``save_steps`` would never checkpoint and lose everything to a failure: the stage warns when
     training starts (by the trainer's own count of steps; ``total_steps`` estimates it beforehand), so pick a
     value that checkpoints a few times per run."""
     resume: bool = True
+    """Continue from the newest checkpoint this output has in the store."""
     parallel: Parallelism = Parallelism()
+    """How many processes on how many nodes."""
     prompt: PromptStyle = "rner"
     """The instruction the training prompts carry (``tasks.prompts``): ``paper`` is the released ``NER_PROMPT``,
     with the released answer format as SFT target. Ask the trained model with the same one."""
@@ -403,6 +482,15 @@ class TrainConfig(Config):
         for unit, what in self.batch_units():
             if self.global_batch_size % unit:
                 raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of {what}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> Self:
+        if self.warmup_steps is not None and self.warmup_ratio > 0:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) and warmup_ratio ({self.warmup_ratio}, perhaps from the preset): "
+                "give one; set warmup_ratio: 0 to warm up by steps"
+            )
         return self
 
     @model_validator(mode="after")
@@ -447,11 +535,14 @@ class SFTConfig(TrainConfig):
     ``source``), as the released 8B SFT config does (``add_source: true``; its 1.7B config, GRPO and evaluation
     do not)."""
     lr_scheduler: LRScheduler = "cosine"
+    """The learning-rate schedule after warm-up (transformers' ``lr_scheduler_type``)."""
     max_seq_len: PositiveInt = 2048
+    """Longest training sequence in tokens (prompt + target); longer ones: ``too_long``."""
     too_long: TooLong = "drop"
     """Over-long examples: dropped by default (a cut reasoning chain, or a prompt without its start, teaches the
     wrong thing); the released code keeps each one's last ``max_seq_len`` tokens (``truncate_left``)."""
     packing: bool = False
+    """Pack several examples into each sequence of ``max_seq_len`` tokens (TRL's ``packing``)."""
     padding_free: bool = False
     """Micro-batches as one unpadded sequence with per-example positions (TRL's ``padding_free``): the same loss
     as padding, less memory and compute. Needs ``flash_attention`` (other kernels would attend across examples);
@@ -541,8 +632,11 @@ class SampleConfig(Config):
     them), ``NERExample`` ``.jsonl`` files, ``demo:<split>``, or addresses of published ``ner`` outputs.
     Pinned by the digests of their content, so where they were read from is not part of the config hash."""
     split: Literal["train", "dev", "test"] = "train"
+    """Which split of each source to sample from."""
     total: PositiveInt
+    """Examples in the sample, over all datasets."""
     per_dataset_cap: PositiveInt | None = None
+    """At most this many examples from one dataset; ``None``: no cap."""
     allocation: Literal["even", "proportional"] = "even"
     """``even`` (ours): ``total`` spread as evenly as the sizes allow, smallest dataset first, each taking at most
     ``per_dataset_cap`` and what it has; what a small dataset cannot give goes to the others, so the sample has
@@ -557,6 +651,7 @@ class SampleConfig(Config):
     shuffle: bool = False
     """Shuffle the whole sample (seeded), as the released ``--shuffle``; otherwise it comes dataset by dataset."""
     seed: int = 42
+    """Seeds the draw (and the shuffle)."""
     PRESETS: ClassVar = {
         # The released README's sample_grpo.py run: --max_count 10000 --shuffle, over config/dataset/in_domain.json.
         "paper": {
@@ -588,18 +683,22 @@ _FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
 class ImportConfig(Config):
     """Labelled NER data into the store: one dataset, its splits as ``NERExample`` files (``tasks.data_import``).
 
-    ``format`` says how ``path`` is laid out: ``jsonl`` (``<split>.jsonl`` files of ``NERExample`` lines, one
-    ``.jsonl`` file for a single split, or ``demo:`` for the packaged demo corpus), ``instructuie``
+    ``format`` says how ``path`` is laid out: ``jsonl`` (``<split>.jsonl`` files of ``NERExample`` lines, with an
+    optional ``labels.json`` beside them for lines that carry no ``labels``; one ``.jsonl`` file for a single
+    split, or ``demo:`` for the packaged demo corpus), ``instructuie``
     (``<split>.json`` + ``labels.json``), ``conll`` (``<split>.conll|.txt|.tsv|.bio`` column files, or one
     file for a single split) or ``hf`` (a ``datasets`` hub id or local dataset directory with token and
-    tag columns). ``fraction``/``count`` take part of the train split (low-resource settings).
+    tag columns). ``fraction``/``count`` take part of the train split (low-resource settings), ``ids`` a given
+    part of it.
     """
 
     VOLATILE = frozenset({"path"})
+    ADDED = frozenset({"ids"})
     dataset: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$", max_length=128)]
     """The dataset's name: every example's ``source``, and its store address ``datasets/<dataset>/vN`` (named
     ``dataset`` as in ``PublishConfig``; ``name`` would clash with ``Config.preset(name, ...)``)."""
     format: Literal["jsonl", "instructuie", "conll", "hf"]
+    """How ``path`` is laid out: ``jsonl``, ``instructuie``, ``conll`` or ``hf`` (see above)."""
     path: Name
     """Where the data is. Pinned by the digest of its content, so where it was read from is not part of
     the config hash."""
@@ -612,7 +711,8 @@ class ImportConfig(Config):
     tag_column: int = -1
     """conll: the column holding the tag."""
     separator: Name | None = None
-    """conll: the column separator; ``None`` splits on runs of whitespace."""
+    """conll: the column separator; ``None`` splits on runs of spaces and tabs (not on other Unicode spaces: a
+    no-break space inside a token becomes a plain space, see ``tasks.data_import``)."""
     doc_start: Name | None = "-DOCSTART-"
     """conll: lines starting with this mark a document boundary and are skipped."""
     tokens_field: Name = "tokens"
@@ -625,6 +725,10 @@ class ImportConfig(Config):
     """Keep this share of the train split (rounded, at least one example)."""
     count: PositiveInt | None = None
     """Keep this many examples of the train split."""
+    ids: Seq[Name] = ()
+    """Keep just these examples of the train split, by id as imported (a JSONL line's own ``id``; otherwise
+    ``<dataset>-train-<index>``), in the data's order; an id the split lacks is an error. Empty: all of it (or
+    ``fraction``/``count``)."""
     per_dataset_cap: PositiveInt | None = None
     """At most this many examples in each split (after ``fraction``/``count``)."""
     seed: int = 42
@@ -639,10 +743,13 @@ class ImportConfig(Config):
     def _options_fit_the_format(self) -> Self:
         if len(set(self.splits)) != len(self.splits):
             raise ValueError(f"splits: each split once, not {list(self.splits)}")
-        if self.fraction is not None and self.count is not None:
-            raise ValueError("fraction, count: give at most one of them")
-        if (self.fraction is not None or self.count is not None) and "train" not in self.splits:
-            raise ValueError("fraction, count: they sample the train split, which `splits` leaves out")
+        chosen = [name for name in ("fraction", "count", "ids") if getattr(self, name) not in (None, ())]
+        if len(chosen) > 1:
+            raise ValueError(f"{', '.join(chosen)}: give at most one of fraction, count and ids")
+        if chosen and "train" not in self.splits:
+            raise ValueError(f"{chosen[0]}: they sample the train split, which `splits` leaves out")
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("ids: each id once")
         unused = [
             field
             for field, formats in _FORMAT_OPTIONS.items()
@@ -667,15 +774,24 @@ class GRPOConfig(TrainConfig):
     a cut prompt would lose entities its gold still lists.
     """
 
+    ADDED = TrainConfig.ADDED | {"length_reward_weight"}
+
     num_generations: Annotated[int, Field(ge=2)] = 4
+    """Completions per prompt: the group whose rewards are compared (G)."""
     beta: Annotated[float, Field(ge=0)] = 0.04
+    """Weight of the KL penalty against the reference model (0 drops the reference model)."""
     epsilon: PositiveFloat = 0.2
+    """Clipping range of the probability ratio (the lower bound, and the upper one unless ``epsilon_high``)."""
     learning_rate: PositiveFloat = 1e-6
-    """Not stated in the paper; TRL's GRPO default, and the released config's."""
+    """Peak learning rate (AdamW). Not stated in the paper; TRL's GRPO default, and the released config's."""
     per_device_batch_size: PositiveInt = 4
+    """Completions per process per micro-batch."""
     max_prompt_length: PositiveInt = 1024
+    """Longest prompt in tokens; longer ones: ``too_long``."""
     max_completion_length: PositiveInt = 256
+    """Most tokens one completion may have."""
     temperature: PositiveFloat = 1.0
+    """Sampling temperature of the rollouts."""
     loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo"] = "dapo"
     """How the token losses are aggregated (TRL's ``loss_type``; ``dapo``, TRL 1.16's default: over the active
     tokens of the accumulated batch; ``dr_grpo``, the released config's: over a constant, ``max_completion_length``)."""
@@ -691,12 +807,21 @@ class GRPOConfig(TrainConfig):
     """Multiply the KL term by the probability ratio (TRL's ``use_bias_correction_kl``, DeepSeek-V3.2's unbiased
     KL estimate; on by default in TRL 1.16, absent from the released code's TRL)."""
     f1_reward_weight: Annotated[float, Field(ge=0)] = 10.0
+    """Weight of the entity F1 in the reward (the paper's 10)."""
     schema_reward_weight: Annotated[float, Field(ge=0)] = 1.0
+    """Weight of the answer-format reward (the paper's 1)."""
+    length_reward_weight: Annotated[float, Field(ge=0)] = 0.0
+    """Weight of the length penalty (``tasks.rewards.length_reward``, after Kimi k1.5: in [-1, 0], only on
+    completions whose F1 is at least their group's median, by how far they exceed the shortest of those).
+    0 (the default, and the paper) leaves it out. Keep it below ``f1_reward_weight`` times the smallest F1
+    difference worth more than any length: 1 against F1's 10 trades at most 0.1 F1 for length."""
     empty_match_f1: Annotated[float, Field(ge=0, le=1)] = 1.0
     """F1 when gold and prediction are both empty. The released code uses 0.0; 1.0 (nothing to find,
     nothing found) is our default."""
     too_long: Literal["drop", "fail"] = "drop"
+    """Prompts longer than ``max_prompt_length``: ``drop`` them (counted) or ``fail``."""
     rollout: Rollout = "transformers"
+    """Where completions are generated: ``server``, ``colocate`` or ``transformers`` (see above)."""
     rollout_gpus: NonNegativeInt = 0
     """GPUs of the node given to the ``trl vllm-serve`` rollout server (``rollout: server``)."""
     released_split: bool = False
@@ -827,7 +952,10 @@ class EvalConfig(Config):
     """
 
     VOLATILE = frozenset({"datasets", "suite_root", "concurrency", "request_timeout_s", "max_retries"})
+    ADDED = frozenset({"reasoning_budget"})
     model: Generator = TransformersRunner()
+    """The model to evaluate: a running ``endpoint``, a ``vllm`` server the stage starts, or ``transformers`` in
+    process."""
     datasets: Seq[Name] = ()
     """Eval sets: addresses of published ``ner`` outputs in the store, ``NERExample`` ``.jsonl`` files,
     InstructUIE-layout folders (``<name>/test.json`` + ``<name>/labels.json``), or ``demo:test``."""
@@ -836,9 +964,15 @@ class EvalConfig(Config):
     suite_root: str | None = None
     """A directory holding the suite's InstructUIE folders, or the id of a hub dataset laid out the same way."""
     max_examples: PositiveInt | None = None
-    """At most this many examples per dataset (the first ones)."""
+    """At most this many examples per dataset: a sample drawn with ``seed``, kept in the data's order."""
+    seed: int = 42
+    """Seeds which examples ``max_examples`` keeps of each dataset (with the dataset's name: each set gets its own
+    draw, and the same config the same examples)."""
     sampling: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
-    """Greedy decoding by default, as the paper evaluates."""
+    """Decoding parameters of every request: greedy by default, as the paper evaluates."""
+    stop_at_answer: bool = True
+    """End each completion where its answer object closes (``tasks.prompts.ANSWER_STOPS``, added to
+    ``sampling.stop``), instead of letting a model that keeps writing after its answer run to ``max_tokens``."""
     tokenizer: Name | None = None
     """Model reference whose tokenizer counts reasoning tokens; default: the evaluated model's own (an
     endpoint has none at hand, so without this its report counts completion tokens only)."""
@@ -849,14 +983,22 @@ class EvalConfig(Config):
     with_cot: bool = True
     """Whether the model reasons before it answers; ``false`` asks a model trained on answers alone (SFT with
     ``with_cot: false``) for the answer alone (the ``paper`` instruction is the same either way)."""
+    reasoning_budget: NonNegativeInt | None = None
+    """Most tokens the model may think before it answers (budget forcing, ``tasks.budget``): where it has not
+    closed ``</think>`` by then, its reasoning is cut there and the answer generated after it, in up to
+    ``sampling.max_tokens`` more. 0 answers with an empty think block; ``None``, no budget. Needs
+    ``with_cot``."""
     shard_size: PositiveInt = 64
+    """Examples per output shard; a resumed run skips finished shards."""
     concurrency: PositiveInt = 256
     """Requests in flight to the server. vLLM batches up to 256 sequences by default (128 on a CPU, 1024 on
     H100-class GPUs); a lower bound here would leave the server's batch part empty (at 64 in flight, as the LLM
     stages send, the eval benchmark ran at 0.877 of a client sending all at once; at 256, 1.014: BENCHMARKS.md).
     Requests beyond the server's batch wait in its queue, and that wait counts against ``request_timeout_s``."""
     request_timeout_s: PositiveFloat = 600.0
+    """Seconds one request may take (queueing at the server included) before it is retried."""
     max_retries: NonNegativeInt = 5
+    """More attempts of a failed request (exponential backoff) before it counts as failed."""
     PRESETS: ClassVar = {
         "paper": {
             "model": {"kind": "vllm", "model": PAPER_BACKBONE, "max_model_len": 8192},
@@ -879,6 +1021,12 @@ class EvalConfig(Config):
             raise ValueError(f"unknown suite {self.suite!r} (known: {', '.join(EVAL_SUITES)})")
         return self
 
+    @model_validator(mode="after")
+    def _budget_applies(self) -> Self:
+        if self.reasoning_budget is not None and not self.with_cot:
+            raise ValueError("reasoning_budget: with_cot is false (the model answers without reasoning)")
+        return self
+
 
 def check_loads_trained_models(evaluate: EvalConfig) -> None:
     """Refuse an evaluation that cannot load the models a flow trains: a running endpoint serves its own."""
@@ -898,13 +1046,18 @@ class PipelineConfig(Config):
 
     VOLATILE = frozenset({"extra_cot"})
     cg: CGConfig
+    """CG: the NER-CoT data from the raw passages."""
     extra_cot: Seq[Name] = ()
     """More CoT datasets mixed into CT's training data after the CG output (``demo:cot``: the hand-written
     reasoning of the demo corpus, which the smoke preset uses because the 135M teacher writes almost none)."""
     sft: SFTConfig
+    """CT: supervised fine-tuning on the CoT data (``dataset`` is set by the flow)."""
     sample: SampleConfig
+    """The RE data, sampled from labelled sets."""
     grpo: GRPOConfig
+    """RE: GRPO from the CT model on the sample (``dataset`` and ``model`` are set by the flow)."""
     evaluate: EvalConfig
+    """Zero-shot evaluation of the CT and RE models (``model``'s kind is kept, its model set by the flow)."""
     PRESETS: ClassVar = {
         "smoke": {
             "cg": CGConfig.PRESETS["smoke"] | {"input": DEMO_PASSAGES},

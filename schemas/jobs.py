@@ -94,7 +94,9 @@ class Images(Config):
     """The image of each runtime (see ``images/``)."""
 
     vllm: Name = f"rner-vllm:{IMAGE_VERSION}"
+    """The image of the LLM stages (vLLM serving)."""
     trainer: Name = f"rner-trainer:{IMAGE_VERSION}"
+    """The image of the training stages and of in-process generation."""
 
     def for_role(self, role: ImageRole) -> str:
         return self.vllm if role == "vllm" else self.trainer
@@ -104,6 +106,7 @@ class LocalJob(Config):
     """A subprocess of the flow's process."""
 
     kind: Literal["local"] = "local"
+    """Which backend: ``local``, a subprocess."""
     python: str | None = None
     """Interpreter with the project installed (default: the flow's own)."""
 
@@ -112,7 +115,9 @@ class DockerJob(Config):
     """A container per stage on a Docker engine (the flow's host, or ``docker_host``)."""
 
     kind: Literal["docker"] = "docker"
+    """Which backend: ``docker``, a container per stage."""
     images: Images = Images()
+    """The image of each runtime."""
     python: Name = "python"
     """The project's interpreter inside the images (on their ``PATH``)."""
     gpus: Literal["all"] | NonNegativeInt | Seq[NonNegativeInt] = 0
@@ -122,6 +127,8 @@ class DockerJob(Config):
     network: Name = "host"
     """``host`` lets a stage reach servers and the store on the host's loopback, as a local job does."""
     forward_env: Seq[Name] = FORWARDED_ENV
+    """Names of variables copied from the orchestrator's environment into the container when it starts (values
+    never logged)."""
     env: dict[Name, str] = Field(default_factory=dict)
     """Plain variables set in the container (not secrets: they are part of the flow's parameters)."""
     mounts: Seq[Annotated[str, Field(pattern=r"^/[^:]*:/[^:]*(:(ro|rw))?$")]] = ()
@@ -150,9 +157,13 @@ class DockerJob(Config):
 
 class Toleration(Config):
     key: Name | None = None
+    """The taint key tolerated; ``None`` with ``Exists``: every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
+    """``Equal`` matches ``value``; ``Exists`` any value."""
     value: str | None = None
+    """The taint value (``Equal`` only)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """The taint effect tolerated; ``None``: all."""
 
 
 class KubernetesJob(Config):
@@ -163,24 +174,35 @@ class KubernetesJob(Config):
     """
 
     kind: Literal["kubernetes"] = "kubernetes"
+    """Which backend: ``kubernetes``, a Job (a JobSet for multi-node training) per stage."""
     namespace: Name = "default"
+    """The namespace the Jobs run in."""
     images: Images = Images()
+    """The image of each runtime."""
     python: Name = "python"
+    """The project's interpreter inside the images (on their ``PATH``)."""
     gpus: NonNegativeInt = 0
     """GPUs per pod (node) for the stages that use them."""
     gpu_resource: Name = "nvidia.com/gpu"
+    """The extended resource that counts GPUs."""
     cpu: Name | None = None
     """CPU request and limit per pod, e.g. ``"32"``."""
     memory: Name | None = None
     """Memory request and limit per pod, e.g. ``"256Gi"``."""
     shm_size: Name = "16Gi"
+    """Size of the memory-backed /dev/shm of each pod (NCCL and data loaders need more than 64 MB)."""
     node_selector: dict[Name, str] = Field(default_factory=dict)
+    """Labels a node must have to run the pods."""
     tolerations: Seq[Toleration] = ()
+    """Taints the pods tolerate (e.g. of GPU nodes)."""
     service_account: Name | None = None
+    """The pods' service account; ``None``: the namespace's default."""
     image_pull_secrets: Seq[Name] = ()
+    """Secrets to pull the images with."""
     env_secret: Name | None = "rner-store"
     """A Secret whose keys become the pods' environment (``RNER_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, …)."""
     env: dict[Name, str] = Field(default_factory=dict)
+    """Plain variables set in the pods (not secrets: they are part of the flow's parameters)."""
     volumes: dict[Name, Name] = Field(default_factory=dict)
     """PersistentVolumeClaim name → mount path in every pod (a local store, a dataset); the model cache and
     the work directories have their own fields."""
@@ -205,7 +227,9 @@ class KubernetesJob(Config):
     rdzv_port: Annotated[int, Field(ge=1, le=65535)] = 29500
     """Port of the torchrun rendezvous on the first pod of a multi-node JobSet."""
     ttl_seconds_after_finished: NonNegativeInt = 86400
+    """A finished Job is kept this long (for ``kubectl describe``), then deleted."""
     poll_s: PositiveFloat = 5.0
+    """Seconds between polls of the Job and its pods."""
     context: Name | None = None
     """kubeconfig context; default: the in-cluster config, else the current context."""
     stop_timeout_s: PositiveFloat = 60.0
@@ -213,6 +237,7 @@ class KubernetesJob(Config):
     backoff_limit: NonNegativeInt = 0
     """Pod retries of a Job; 0 because a stage resumes itself and a rerun should be the flow's choice."""
     active_deadline_s: PositiveInt | None = None
+    """A Job running longer than this is stopped and fails; ``None``: no limit."""
     unschedulable_timeout_s: PositiveFloat = 900.0
     """A pod the scheduler cannot place (no node with the GPUs, a taint, a missing claim), or a job that gets
     no pod at all (a quota, an admission policy), fails after this long; leave time for an autoscaler."""

@@ -72,9 +72,11 @@ class ReportConfig(Config):
     the evaluations, so ``rner report <address>`` renders it again."""
 
     title: Name = "F1 per dataset"
+    """The table's title."""
     evals: Annotated[dict[Name, Name], Field(min_length=1)]
     """Row label → address of an evaluation output, in row order."""
     mode: Literal["paper", "strict"] = "paper"
+    """Which F1 the table shows: ``paper`` (the paper's metric, text and label) or ``strict`` (exact spans)."""
 
 
 class RecipeEval(EvalConfig):
@@ -104,10 +106,15 @@ class CoTRecipe(Config):
     """
 
     cot: Annotated[Seq[Name], Field(min_length=1)]
+    """The CoT training data: addresses of published ``cot`` datasets or ``demo:cot``, mixed in this order."""
     sft: SFTConfig
+    """CT: supervised fine-tuning on the CoT data (``dataset`` is set by the flow)."""
     sample: SampleConfig
+    """The RE data, sampled from labelled sets."""
     grpo: GRPOConfig
+    """RE: GRPO from the CT model (``dataset`` and ``model`` are set by the flow)."""
     evaluate: EvalConfig
+    """The evaluation every trained model gets (its ``model`` gives the kind of runner)."""
 
     @model_validator(mode="after")
     def _evaluate_can_load_trained_models(self) -> Self:
@@ -171,7 +178,9 @@ class LabelledRecipe(Config):
     ``sft.model`` may be a CT model, ``store:<address>``), and how the models are evaluated."""
 
     sft: SFTConfig
+    """SFT on the labelled sets (``with_cot: false``; ``dataset`` is set by the flow)."""
     evaluate: RecipeEval
+    """The evaluation of every trained model, on the recipe's test splits and its own eval sets."""
 
     @model_validator(mode="after")
     def _labels_only(self) -> Self:
@@ -211,6 +220,7 @@ class LowResource(LabelledRecipe):
     data: ImportConfig
     """The labelled set (train and test splits), imported whole for the test split and once per fraction."""
     fractions: Annotated[Seq[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)] = (0.01, 0.05, 0.1)
+    """Shares of the train split, one SFT model each."""
     PRESETS: ClassVar = {
         "paper": _LABELLED_PRESETS["paper"] | {"data": _paper_import("CoNLL 2003", ("train", "test"))},
         "smoke": _LABELLED_PRESETS["smoke"] | {"data": _DEMO_SET},

@@ -98,9 +98,16 @@ class SamplingParams(Record):
     """Decoding parameters of one LLM request (a subset of the OpenAI/vLLM parameters)."""
 
     temperature: Annotated[float, Field(ge=0)] = 0.0
+    """Sampling temperature; 0 is greedy."""
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Nucleus sampling: draw from the smallest set of tokens whose probability reaches this."""
     max_tokens: Annotated[int, Field(gt=0)] = 1024
+    """Most tokens one completion may have."""
     seed: int | None = None
+    """Seed of the server's sampling; ``None``: unseeded."""
+    stop: Annotated[Seq[Annotated[str, Field(min_length=1)]], Field(exclude_if=lambda stops: not stops)] = ()
+    """Strings that end a completion at their first occurrence, which stays in the text (the OpenAI ``stop``, with
+    the string put back). Left out of serialization when empty, so requests without it keep their keys."""
 
 
 class Generation(Record):
@@ -113,6 +120,10 @@ class Generation(Record):
     prompt_tokens: NonNegativeInt = 0
     completion_tokens: NonNegativeInt = 0
     finish_reason: str | None = None
+    reasoning_tokens: Annotated[NonNegativeInt | None, Field(exclude_if=lambda tokens: tokens is None)] = None
+    """Of ``completion_tokens``, those spent thinking, when a reasoning budget split the completion into a
+    thinking and an answer request (``tasks.budget``); ``None`` otherwise, and then left out of serialization,
+    so records without a budget keep their bytes."""
 
 
 class CoTRecord(Passage):

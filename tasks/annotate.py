@@ -114,7 +114,7 @@ def run(
         return published
     keep, rejects = screen(passages, config.max_passage_chars)
     if pending_shards(out, keep, config.shard_size):
-        with serving(config.teacher, endpoint) as ep:
+        with serving(config.teacher, endpoint, settings=store.settings) as ep:
             map_requests(
                 out,
                 keep,
@@ -130,6 +130,7 @@ def run(
         "passages": len(passages),
         "annotated": len(records),
         "parse_errors": sum(r.parse_error is not None for r in records),
+        "parse_reasons": dict(Counter(r.parse_error.split(":", 1)[0] for r in records if r.parse_error)),
         "rejected": dict(Counter(reason for r in rejects for reason in r.reasons)),
         **usage,
         "prompt": PROMPT,

@@ -3,7 +3,7 @@
     rner model default                          # provision the embedded model, print its directory
     rner score --gold G.jsonl --pred P.jsonl    # paper-metric F1 per dataset (--mode strict, --json)
     rner schemas export DIR                     # JSON Schema of every contract
-    rner config show sft --preset paper         # a complete stage config to start from
+    rner config show sft --preset paper         # a complete stage config to start from (--fields: what each means)
     rner config diff --preset paper --against grpo.yaml   # where a config departs from a preset
     rner data demo                              # demo passages into the store as raw CG input
     rner cg run --config cg.yaml                # CoT generation; also cg annotate|validate|judge|publish
@@ -15,6 +15,7 @@
     rner eval --config eval.yaml                # zero-shot F1 report on eval sets
     rner report ADDRESS=LABEL …                 # one table comparing models across datasets (+ a chart)
     rner extract --labels person,city --text …  # entities with character offsets
+    rner serve --model M --labels person,city   # the same over HTTP (POST /v1/extract), in front of vLLM
 
 Known failures (bad files, bad configs, unreachable store, missing model) print one clear message and
 exit with status 1; a traceback means a bug.
@@ -28,11 +29,14 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from schemas import DEMO_PASSAGES, EXPORTED, STAGE_CONFIGS, Config, PipelineConfig
-from tasks.config import ABSENT, build_config, diff_configs, dump_config, load_config, stage_of
+import schemas
+from schemas import DEMO_PASSAGES, EXPORTED, STAGE_CONFIGS, Config, EvalConfig, PipelineConfig
+from tasks.config import ABSENT, build_config, diff_configs, dump_config, field_docs, load_config, stage_of
 from tasks.evaluate import cli_eval
 from tasks.extract import cli_extract
 from tasks.launch import train_command
@@ -40,10 +44,25 @@ from tasks.memory_plan import cli_plan
 from tasks.models import ensure_default_model
 from tasks.report import cli_report
 from tasks.score import report_table, score_files
-from tasks.stage_cli import clean_errors, stage_command
+from tasks.serve_cli import cli_serve
+from tasks.stage_cli import check_writable, clean_errors, config_help, stage_command
 from tasks.store import Store
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning NER: data, training, evaluation.")
+COMMAND_ORDER = ("pipeline", "up", "down", "config", "data", "cg", "train", "eval", "extract", "report", "recipe")
+"""How ``rner --help`` lists the commands: the whole method on one line first, then the stages in the order they
+run; the rest (``score``, ``model``, ``schemas``, images, deployments) after, as registered. Plugin commands
+(``pipeline``, ``up``, ``recipe``) are registered last, so the order cannot be left to registration."""
+
+
+class _Ordered(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
+
+
+app = typer.Typer(
+    cls=_Ordered, no_args_is_help=True, add_completion=False, help="Reasoning NER: data, training, evaluation."
+)
 schemas_app = typer.Typer(no_args_is_help=True, help="The Pydantic contracts between stages.")
 model_app = typer.Typer(no_args_is_help=True, help="Models: the embedded default and model references.")
 config_app = typer.Typer(no_args_is_help=True, help="Stage configs: presets, validation.")
@@ -64,14 +83,12 @@ def _stage(app_: typer.Typer, name: str, module: str, config_cls: str) -> None:
     def command(**options: Any) -> None:
         import importlib
 
-        import schemas
-
         stage = importlib.import_module(module)
         stage_command(getattr(schemas, config_cls), stage.run)(**options)
 
     command.__signature__ = inspect.signature(stage_command(Config, lambda *a, **k: None))  # type: ignore[attr-defined]
     command.__doc__ = f"Run the {name} stage (same as ``python -m {module}``)."
-    app_.command(name)(command)
+    app_.command(name, epilog=config_help(getattr(schemas, config_cls)))(command)
 
 
 for _name, _module, _cls in (
@@ -90,10 +107,11 @@ _stage(data_app, "mix", "tasks.mix", "MixConfig")
 train_app = typer.Typer(no_args_is_help=True, help="Training: CoT SFT (CT) and GRPO (RE), on N processes x M nodes.")
 app.add_typer(train_app, name="train")
 for _name in ("sft", "grpo"):
-    train_app.command(_name)(train_command(_name))
+    train_app.command(_name, epilog=config_help(STAGE_CONFIGS[_name]))(train_command(_name))
 train_app.command("plan")(cli_plan)
-app.command("eval")(cli_eval)
+app.command("eval", epilog=config_help(EvalConfig))(cli_eval)
 app.command("extract")(cli_extract)
+app.command("serve")(cli_serve)
 app.command("report")(cli_report)
 
 
@@ -116,10 +134,11 @@ out = Console()
 @schemas_app.command("export")
 def schemas_export(directory: Path) -> None:
     """Write ``<Model>.schema.json`` for every record, manifest and stage config."""
+    check_writable(directory, "DIRECTORY", folder=True)
     directory.mkdir(parents=True, exist_ok=True)
     for name, model in sorted(EXPORTED.items()):
         (directory / f"{name}.schema.json").write_text(json.dumps(model.model_json_schema(), indent=2) + "\n")
-    out.print(f"wrote {len(EXPORTED)} schemas to {directory}")
+    out.print(f"wrote {len(EXPORTED)} schemas to {directory}", markup=False)
 
 
 @config_app.command("show")
@@ -127,11 +146,17 @@ def config_show(
     stage: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGE_CONFIGS)}.")],
     preset: Annotated[str | None, typer.Option(help="Start from this preset (paper, paper-1.7b, smoke).")] = None,
     file: Annotated[Path | None, typer.Option(help="A YAML config to validate and complete.")] = None,
+    fields: Annotated[bool, typer.Option("--fields", help="Print what each field means instead of a config.")] = False,
 ) -> None:
-    """Print a complete, validated stage config as YAML (a preset, a file, or both)."""
+    """Print a complete, validated stage config as YAML (a preset, a file, or both), or with ``--fields`` every
+    field (nested ones dotted) and its help text."""
     if stage not in STAGE_CONFIGS:
         raise typer.BadParameter(f"must be one of {', '.join(STAGE_CONFIGS)}", param_hint="STAGE")
     cls = STAGE_CONFIGS[stage]
+    if fields:
+        for name, doc in field_docs(cls):
+            print(f"{name}: {' '.join(doc.split())}")
+        return
     if file:
         config = load_config(cls, file, preset=preset)
     else:
@@ -164,7 +189,7 @@ def config_diff(
     for row in [header, *rows]:
         print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip())
     err = Console(stderr=True)
-    err.print(f"{stage}: {len(rows)} field(s) of {against} differ from preset {preset}", highlight=False)
+    err.print(f"{stage}: {len(rows)} field(s) of {against} differ from preset {preset}", highlight=False, markup=False)
 
 
 def _shown(value: Any) -> str:

@@ -10,6 +10,7 @@ Usage::
 
     cfg = load_config(SFTConfig, "sft.yaml")
     rner config show sft --preset paper     # a complete file to start from
+    rner config show sft --fields           # what each field means
     rner config diff --preset paper --against sft.yaml      # where a config departs from a preset
 """
 
@@ -19,13 +20,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas import Config
 from tasks.errors import RnerError
 from tasks.jsonl import describe
 
 C = TypeVar("C", bound=Config)
+
+
+MAX_DEPTH = 64
+"""How deep a config may nest (mappings and lists; as deep JSON in ``tasks.parse``): PyYAML's composer and
+pydantic recurse once per level, so deeper input is refused before either sees it."""
+MAX_VALUES = 100_000
+"""How many values a config may hold, YAML aliases counted each time they are used: a few lines of aliases of
+aliases would otherwise make validation walk billions."""
 
 
 class ConfigError(RnerError, ValueError):
@@ -42,6 +51,7 @@ def load_config(cls: type[C], path: str | Path, *, preset: str | None = None) ->
 
 def build_config(cls: type[C], data: dict[str, Any], source: str = "<config>") -> C:
     """``data`` validated as ``cls`` (starting from ``data["preset"]`` when it names one)."""
+    _check_shape(data, source)
     try:
         return cls.model_validate(data)
     except ValidationError as e:
@@ -50,6 +60,17 @@ def build_config(cls: type[C], data: dict[str, Any], source: str = "<config>") -
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def field_docs(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted field name, its docstring) for every field, a nested config's fields after its own line: the help
+    text ``rner config show STAGE --fields``, ``rner schemas export`` and the Prefect run form all show."""
+    docs: list[tuple[str, str]] = []
+    for name, field in cls.model_fields.items():
+        docs.append((f"{prefix}{name}", field.description or ""))
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            docs += field_docs(field.annotation, f"{prefix}{name}.")
+    return docs
 
 
 ABSENT = object()
@@ -89,11 +110,98 @@ def stage_of(path: str | Path, stages: dict[str, type[Config]]) -> str:
     return fits[0]
 
 
-def _read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+def _check_shape(data: Any, source: str) -> None:
+    """Refuse data no config has, before validation walks it: nested deeper than ``MAX_DEPTH``, more than
+    ``MAX_VALUES`` values (YAML aliases counted each time they are used), or text that is not Unicode (a lone
+    surrogate, which no file or manifest can hold). Iterative: no recursion depth is up to the input."""
+    todo: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    seen = 0
+    while todo:
+        value, where = todo.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"{source}: more than {MAX_VALUES} values (YAML aliases count each time they are used)")
+        if len(where) > MAX_DEPTH:
+            raise ConfigError(f"{source}: {'.'.join(where)}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, str) and not _is_unicode(value):
+            field = ".".join(where) or "(top level)"
+            raise ConfigError(f"{source}: {field}: not valid text (a lone surrogate: {ascii(value)[:80]})")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                todo += [(key, (*where, str(key))), (item, (*where, str(key)))]
+        elif isinstance(value, list | tuple):
+            todo += [(item, (*where, str(i))) for i, item in enumerate(value)]
+
+
+def _is_unicode(text: str) -> bool:
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document nested deeper than ``MAX_DEPTH`` before its composer (which
+    recurses once per level) runs out of stack."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise ConfigError(f"{line}: nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+        finally:
+            self.depth -= 1
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)  # type: ignore[no-untyped-call]
+        except ValueError:  # longer than Python converts (4,300 digits)
+            digits = sum(c.isdigit() for c in node.value)
+            raise ConfigError(
+                f"{node.start_mark.line + 1}: an integer of {digits} digits is too long to read"
+            ) from None
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The YAML mapping in ``path``; any file that is not one is a ``ConfigError`` naming it (and the line)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a directory, not a YAML file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark is a signature, not part of the first key
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text") from None
+    try:
+        data = _load_yaml(text)
+    except yaml.YAMLError as e:
         raise ConfigError(f"{path}: cannot read it as YAML: {' '.join(str(e).split())}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}:{e}") from None
+    except ValueError as e:  # a date that is none (2024-13-45), ...
+        raise ConfigError(f"{path}: cannot read it as YAML: {str(e).split(';')[0]}") from None
+    if data is None:  # an empty file is more likely a mistake (a truncated copy) than a wish for all defaults
+        raise ConfigError(f"{path}: empty: no {what} fields (write `{{}}` for the defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of {what} fields, got {type(data).__name__}")
     return data

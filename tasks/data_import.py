@@ -3,13 +3,17 @@
 ``ImportConfig.format`` says how ``path`` is laid out; each of ``splits`` must be there:
 
 - ``jsonl``: ``<path>/<split>.jsonl`` files of ``NERExample`` lines (or ``path`` itself, a ``.jsonl`` file,
-  for a single split), or ``demo:`` for the packaged demo corpus; read as ``tasks.eval_sets`` reads them.
+  for a single split), or ``demo:`` for the packaged demo corpus; read as ``tasks.eval_sets`` reads them. A
+  ``<path>/labels.json`` (a JSON list of entity types, as InstructUIE folders have) is the schema of every line
+  that carries no ``labels`` of its own, and part of the input's digest.
 - ``instructuie``: ``<path>/<split>.json`` with ``<path>/labels.json``, converted as ``tasks.sample`` and the
   evaluation convert them (``NA`` entities skipped; an entity whose name is nowhere in its sentence is
   dropped and counted as ``dropped_gold``).
 - ``conll``: column files ``<path>/<split>.conll`` (or ``.txt``, ``.tsv``, ``.bio``; or ``path`` itself for a
   single split), one token per line, a blank line between sentences, ``doc_start`` lines skipped; the token
-  and the tag are read from ``token_column`` and ``tag_column``, split on ``separator`` (whitespace if unset).
+  and the tag are read from ``token_column`` and ``tag_column``, split on ``separator`` (spaces and tabs if unset).
+  Inside a token, a no-break space (or another Unicode space) becomes a plain space; a control character is an
+  error naming ``file:line``.
 - ``hf``: a ``datasets`` dataset with a tokens column and a tags column (class-label ids or tag strings):
   a directory written by ``save_to_disk`` (``load_from_disk``), another local directory or a hub id
   (``load_dataset``). A hub dataset's ``validation`` split serves as ``dev``.
@@ -25,8 +29,9 @@ is an error, so a typo cannot pass silently.
 Everything is read and checked before the first byte is written, and the manifest is written last: a
 failed import publishes nothing.
 
-``fraction`` or ``count`` keep part of the train split (low-resource settings), ``per_dataset_cap`` caps
-every split; the examples kept are drawn with ``tasks.sample.draw`` (a generator seeded with ``seed``,
+``fraction`` or ``count`` keep part of the train split (low-resource settings), ``ids`` a given part (those
+examples, in the data's order; an id the split lacks is an error), ``per_dataset_cap`` caps
+every split; the examples kept are drawn with ``tasks.eval_sets.draw`` (a generator seeded with ``seed``,
 the dataset and the split) and keep their order, so the same data and config give the same bytes.
 
 Output (``datasets/<dataset>/vN``, kind ``ner``): one ``NERExample`` file per split whose role is the split
@@ -53,26 +58,35 @@ Usage::
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import StringConstraints, TypeAdapter, ValidationError
 
 from schemas import Entity, ImportConfig, InputRef, NERExample, canonical_json, config_hash, sha256_hex
 from schemas.manifest import content_digest
 from tasks.errors import RnerError
-from tasks.eval_sets import DEMO_SCHEME, load_entry
-from tasks.jsonl import describe, dump_jsonl
+from tasks.eval_sets import DEMO_SCHEME, draw, load_entry
+from tasks.jsonl import describe, dump_jsonl, parse_lines, without_bom
 from tasks.llm_stage import Progress
 from tasks.publish import publish_version
-from tasks.sample import draw, load_instructuie
+from tasks.sample import load_instructuie
 from tasks.stage_cli import stage_main
 from tasks.store import Output, Published, Store, file_entry
 
 CONLL_SUFFIXES = (".conll", ".txt", ".tsv", ".bio")
+LABELS_FILE = "labels.json"
+_LABELS = TypeAdapter(list[Annotated[str, StringConstraints(min_length=1)]])
+_COLUMNS = re.compile(r"[ \t]+")
+"""The column separator when ``separator`` is unset: spaces and tabs (a no-break space is part of a token)."""
+_SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+"""Control characters but the tab (a token may hold one when the separator is something else)."""
 _OPENERS = {"BIO": frozenset("BI"), "BIOES": frozenset("BIES")}
 """The tag prefixes of each scheme, besides the bare ``O``."""
 _HUB_SPLITS = {"dev": "validation"}
@@ -176,6 +190,8 @@ def _read_examples(config: ImportConfig, store: Store, split: str) -> Split:
     """A split of a JSONL or InstructUIE dataset, read by the loaders the evaluation and RE sampling use."""
     if config.format == "instructuie":
         loaded = load_instructuie(_split_file(config, split, (".json",)).parent, split)
+    elif (labels := _jsonl_labels(config)) is not None:
+        return _jsonl_with_labels(config, split, labels)
     else:
         entry = f"{DEMO_SCHEME}{split}" if config.path == DEMO_SCHEME else str(_split_file(config, split, (".jsonl",)))
         found = load_entry(entry, store)
@@ -189,6 +205,45 @@ def _read_examples(config: ImportConfig, store: Store, split: str) -> Split:
         for i, ex in enumerate(loaded.examples)
     ]
     return Split(examples, loaded.origin, loaded.ref.digest, dropped_gold=loaded.dropped_gold)
+
+
+def _jsonl_labels(config: ImportConfig) -> list[str] | None:
+    """The entity types of ``labels.json`` in a JSONL folder, or ``None`` when it has none."""
+    file = Path(config.path).expanduser() / LABELS_FILE
+    if config.path == DEMO_SCHEME or not file.is_file():
+        return None
+    try:
+        return _LABELS.validate_json(without_bom(file.read_bytes()))
+    except ValidationError as e:
+        raise DataImportError(f"{file}: not a JSON list of entity types: {describe(e)}") from None
+
+
+def _jsonl_with_labels(config: ImportConfig, split: str, labels: list[str]) -> Split:
+    """A JSONL split whose lines without ``labels`` take ``labels``; its digest covers both files."""
+    file = _split_file(config, split, (".jsonl",))
+    data = file.read_bytes()
+    try:
+        lines = data.decode("utf-8-sig").splitlines()  # a byte-order mark is a signature, not part of line 1
+    except UnicodeDecodeError as e:
+        raise DataImportError(f"{file}: not UTF-8 text: {e}") from None
+    examples = [
+        ex.model_copy(update={"source": config.dataset})
+        for ex in parse_lines((_with_labels(line, labels) for line in lines), NERExample, str(file))
+    ]
+    digest = sha256_hex(canonical_json([sha256_hex(data), labels]))
+    return Split(examples, str(file), digest)
+
+
+def _with_labels(line: str, labels: list[str]) -> str:
+    """``line`` with ``labels`` added when it is a JSON object without them; anything else as it is, for
+    ``parse_lines`` to accept or to report with its line number."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return line
+    if isinstance(record, dict) and "labels" not in record:
+        return json.dumps({**record, "labels": labels}, ensure_ascii=False)
+    return line
 
 
 def _read_conll(config: ImportConfig, split: str) -> TaggedSplit:
@@ -205,13 +260,15 @@ def conll_sentences(text: str, source: str, config: ImportConfig) -> Iterator[Ta
     """The sentences of a CoNLL column file: a blank line or a ``doc_start`` line ends one."""
     rows: list[tuple[int, str, str]] = []
     first: tuple[int, int] | None = None  # (columns, line) of the first token line: every line must match it
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" alone: splitlines() would also end one at a control character inside a token.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip() or (config.doc_start and line.lstrip().startswith(config.doc_start)):
             if rows:
                 yield _tagged(rows, source)
                 rows = []
             continue
-        columns = line.split(config.separator)
+        columns = _COLUMNS.split(line.strip(" \t")) if config.separator is None else line.split(config.separator)
         if first is None:
             n = len(columns)
             first = (n, number)
@@ -223,9 +280,18 @@ def conll_sentences(text: str, source: str, config: ImportConfig) -> Iterator[Ta
                 )
         if len(columns) != first[0]:
             raise DataImportError(f"{source}:{number}: {len(columns)} columns, but line {first[1]} has {first[0]}")
-        rows.append((number, columns[config.token_column], columns[config.tag_column].strip()))
+        token = _token(columns[config.token_column], f"{source}:{number}")
+        rows.append((number, token, columns[config.tag_column].strip()))
     if rows:
         yield _tagged(rows, source)
+
+
+def _token(token: str, where: str) -> str:
+    """A token as the text will hold it: Unicode spaces (no-break and the like) as plain spaces; a control
+    character (a broken export, a binary file) is an error."""
+    if control := _CONTROL.search(token):
+        raise DataImportError(f"{where}: token {token!r} holds a control character (U+{ord(control[0]):04X})")
+    return _SPACES.sub(" ", token)
 
 
 def _tagged(rows: list[tuple[int, str, str]], source: str) -> Tagged:
@@ -373,7 +439,14 @@ def _relabel(splits: dict[str, Split], label_map: dict[str, str]) -> dict[str, S
 
 
 def _take(config: ImportConfig, split: str, examples: list[NERExample]) -> list[NERExample]:
-    """The examples of ``split`` to keep: ``fraction``/``count`` of train, at most ``per_dataset_cap`` of any."""
+    """The examples of ``split`` to keep: ``fraction``/``count``/``ids`` of train, at most ``per_dataset_cap``."""
+    if split == "train" and config.ids:
+        present = {ex.id for ex in examples}
+        missing = [i for i in config.ids if i not in present]
+        if missing:
+            raise DataImportError(f"ids: {len(missing)} not in the train split, e.g. {missing[:5]}")
+        wanted = set(config.ids)
+        examples = [ex for ex in examples if ex.id in wanted]
     quota = len(examples)
     if split == "train" and config.count is not None:
         if config.count > quota:
@@ -411,6 +484,7 @@ def _stats(config: ImportConfig, splits: dict[str, Split], kept: dict[str, list[
         "sampling": {
             "fraction": config.fraction,
             "count": config.count,
+            "ids": len(config.ids),
             "per_dataset_cap": config.per_dataset_cap,
             "seed": config.seed,
         },

@@ -31,7 +31,8 @@ def generation_stats(
     examples: Sequence[NERExample], predictions: Sequence[Prediction], reasoning_tokens: Sequence[int] | None
 ) -> dict[str, dict[str, Any]]:
     """Per dataset (by ``source``) and over ``"all"``: examples, parse failures and their rate, answers cut at
-    ``max_tokens``, mean completion tokens, and mean reasoning tokens (``None`` without a tokenizer).
+    ``max_tokens``, mean completion tokens, and mean reasoning and answer tokens (``None`` without counts of the
+    reasoning: the server's under a reasoning budget, else a tokenizer's).
     ``predictions`` and ``reasoning_tokens`` are aligned with ``examples``."""
     groups: dict[str, list[int]] = {}
     for i, example in enumerate(examples):
@@ -53,7 +54,18 @@ def _stats(indices: list[int], predictions: Sequence[Prediction], reasoning_toke
         "reasoning_tokens_mean": (
             fmean(reasoning_tokens[i] for i in indices) if reasoning_tokens is not None and indices else None
         ),
+        "answer_tokens_mean": _answer_tokens_mean(indices, predictions, reasoning_tokens),
     }
+
+
+def _answer_tokens_mean(
+    indices: list[int], predictions: Sequence[Prediction], reasoning_tokens: Sequence[int] | None
+) -> float | None:
+    """Completion tokens that were not reasoning, per example (``None`` without reasoning counts)."""
+    if reasoning_tokens is None:
+        return None
+    answers = [g.completion_tokens - reasoning_tokens[i] for i in indices if (g := predictions[i].generation)]
+    return fmean(answers) if answers else None
 
 
 def report_markdown(
@@ -61,7 +73,7 @@ def report_markdown(
 ) -> str:
     """The report: header lines, one table row per dataset and the average, then the charts (title -> path)."""
     columns = ["dataset", "examples", "gold", "pred", "P", "R", "F1", "strict F1", "parse failures"]
-    columns += ["reasoning tok/ex", "completion tok/ex"]
+    columns += ["reasoning tok/ex", "answer tok/ex", "completion tok/ex"]
     lines = ["# Evaluation report", "", *header, ""]
     lines += ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     for name, scores in paper.per_dataset.items():
@@ -79,8 +91,10 @@ def report_markdown(
 
 def _row(cells: list[str], strict_f1: float, stats: dict[str, Any]) -> str:
     failures = f"{stats['parse_failures']} ({100 * stats['parse_failure_rate']:.1f}%)"
-    reasoning = "n/a" if stats["reasoning_tokens_mean"] is None else f"{stats['reasoning_tokens_mean']:.1f}"
-    cells = [*cells, *percent(strict_f1), failures, reasoning, f"{stats['completion_tokens_mean']:.1f}"]
+    reasoning, answer = (
+        "n/a" if stats[key] is None else f"{stats[key]:.1f}" for key in ("reasoning_tokens_mean", "answer_tokens_mean")
+    )
+    cells = [*cells, *percent(strict_f1), failures, reasoning, answer, f"{stats['completion_tokens_mean']:.1f}"]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 

@@ -23,15 +23,16 @@ evaluated (InstructUIE examples get ``<name>-<index>``), so predictions pair wit
 Usage::
 
     sets = load_eval_sets(config, store)
-    examples = select_examples(sets, config.max_examples)
+    examples = select_examples(sets, config.max_examples, config.seed)
     [s.ref for s in sets]        # InputRefs: store outputs by manifest digest, files under external/<name>
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from schemas import EVAL_SUITES, EvalConfig, InputRef, Mention, NERExample, cano
 from schemas.records import Entity
 from tasks.demo import DEMO_SPLITS, demo_path
 from tasks.errors import RnerError
-from tasks.jsonl import describe, read_jsonl
+from tasks.jsonl import describe, read_jsonl, without_bom
 from tasks.parse import ground
 from tasks.store import Store
 
@@ -109,19 +110,29 @@ def load_eval_sets(config: EvalConfig, store: Store) -> list[EvalSet]:
     return found
 
 
-def select_examples(sets: Iterable[EvalSet], max_examples: int | None) -> list[NERExample]:
-    """The examples to evaluate, set by set, at most ``max_examples`` per dataset; names and ids checked."""
+def draw(examples: list[NERExample], quota: int, seed: int, name: str) -> list[NERExample]:
+    """``quota`` of the examples, chosen by a generator seeded with (seed, dataset name), in their order."""
+    chosen = random.Random(f"{seed}/{name}").sample(range(len(examples)), quota)
+    return [examples[i] for i in sorted(chosen)]
+
+
+def select_examples(sets: Iterable[EvalSet], max_examples: int | None, seed: int) -> list[NERExample]:
+    """The examples to evaluate, set by set, in their order: at most ``max_examples`` per dataset, drawn with
+    ``draw`` (seeded with ``seed`` and the dataset's name: a sample, not the first ones); names and ids checked."""
     examples: list[NERExample] = []
     origin_of: dict[str, str] = {}
     for s in sets:
-        for name in dict.fromkeys(ex.source for ex in s.examples):
+        by_dataset: defaultdict[str, list[NERExample]] = defaultdict(list)
+        for ex in s.examples:
+            by_dataset[ex.source].append(ex)
+        for name in by_dataset:
             if origin_of.setdefault(name, s.origin) != s.origin:
                 raise EvalSetError(f"dataset {name!r} comes from two eval sets: {origin_of[name]} and {s.origin}")
-        taken: Counter[str] = Counter()
-        for ex in s.examples:
-            taken[ex.source] += 1
-            if max_examples is None or taken[ex.source] <= max_examples:
-                examples.append(ex)
+        kept: set[int] = set()
+        for name, group in by_dataset.items():
+            quota = len(group) if max_examples is None else min(len(group), max_examples)
+            kept.update(id(ex) for ex in draw(group, quota, seed, name))
+        examples += [ex for ex in s.examples if id(ex) in kept]
     repeated = [i for i, n in Counter(ex.id for ex in examples).items() if n > 1]
     if repeated:
         raise EvalSetError(f"example ids must be unique across the eval sets; repeated: {repeated[:5]}")
@@ -193,7 +204,7 @@ def _hub_set(repo_id: str, name: str) -> EvalSet | str:
 
 def _parse(adapter: TypeAdapter[Any], data: bytes | str, path: Path) -> Any:
     try:
-        return adapter.validate_json(data)
+        return adapter.validate_json(without_bom(data) if isinstance(data, bytes) else data)
     except ValidationError as e:
         raise EvalSetError(f"{path}: not in the InstructUIE layout: {describe(e)}") from None
 

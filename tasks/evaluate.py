@@ -18,9 +18,11 @@ runs); a caller that already runs a server for it passes ``endpoint``. Eval sets
 ``tasks.eval_sets``. Every example is asked with the NER instruction the config names (``prompt``: ours, or
 ``paper``, the released one, to score the authors' checkpoints as their evaluate.py does; ``with_cot``),
 carrying its dataset's entity types without the paper's catch-all labels (``metrics.paper_labels``),
-decoded greedily unless ``sampling`` says otherwise. Server generation runs on the shared LLM stage
-machinery (``tasks.llm_stage``): shards commit as they finish and finished requests are cached under the
-output, so a rerun resumes; in-process generation commits the same shards.
+decoded greedily unless ``sampling`` says otherwise, and ended where the answer object closes
+(``stop_at_answer``: a model that writes on after its answer does not run to ``max_tokens``). Server
+generation runs on the shared LLM stage machinery (``tasks.llm_stage``): shards commit as they finish and
+finished requests are cached under the output, so a rerun resumes; in-process generation commits the same
+shards. ``rner eval`` shows progress as a bar on a terminal and as plain lines in a log (``tasks.progress``).
 
 Each completion is parsed and grounded into a ``Prediction``; empty mentions (``"person": [""]``) are kept, as
 the released metric counts them. One that does not parse is an empty prediction with ``parse_error`` set and
@@ -37,8 +39,13 @@ data again finds it. Kind ``predictions`` (its data files are Prediction records
   ``rner score --gold <gold> --pred <data>`` reproduces the metrics;
 - ``metrics``: ``{"paper": Report, "strict": Report, "generation": {dataset: stats}}`` as JSON;
 - ``chart``: PNG bar charts of F1 per dataset and per label of one dataset (``per_label_dataset``);
-- ``report``: markdown: the table (F1, strict F1, parse failures, reasoning and completion tokens per
+- ``report``: markdown: the table (F1, strict F1, parse failures, reasoning, answer and completion tokens per
   example) and the charts.
+
+With ``reasoning_budget`` (tokens) every example is budget-forced (``tasks.budget``): the model thinks up to
+the budget, its reasoning is closed there if it has not closed it, and the answer is generated after it.
+Each prediction's ``generation.reasoning_tokens`` is then the count of its thinking tokens (the server's, or
+the in-process generator's), and the report's reasoning column those counts.
 
 ``stats`` in the manifest repeat the headline numbers (average F1 in both modes, parse-failure rate, mean
 reasoning tokens) for flows and UIs that do not read files.
@@ -62,6 +69,7 @@ from schemas import (
     Generation,
     NERExample,
     Prediction,
+    SamplingParams,
     TransformersRunner,
     canonical_json,
     config_hash,
@@ -69,17 +77,20 @@ from schemas import (
     sha256_hex,
 )
 from schemas.configs import Generator, LLMStage, PromptStyle
+from tasks.budget import budget_complete
 from tasks.errors import RnerError
 from tasks.eval_report import ALL, bar_chart, generation_stats, report_markdown
 from tasks.eval_sets import EvalSet, load_eval_sets, select_examples
-from tasks.extract import load_tokenizer, progress_bar, token_counter
+from tasks.extract import load_tokenizer, token_counter
 from tasks.llm import request_key
 from tasks.llm_stage import Progress, map_requests, pending_shards, serving
 from tasks.metrics import Report, paper_labels, score
 from tasks.models import resolve_model
 from tasks.parse import ground, parse_completion
-from tasks.prompts import INSTRUCTION, Message, instruction_template, ner_messages, prompt_digest
+from tasks.progress import progress_bar
+from tasks.prompts import ANSWER_STOPS, INSTRUCTION, Message, instruction_template, ner_messages, prompt_digest
 from tasks.score import pair, report_table
+from tasks.settings import Settings
 from tasks.stage_cli import stage_main
 from tasks.store import Output, Published, Store
 
@@ -122,12 +133,12 @@ def prediction(example: NERExample, completion: str, generation: Generation | No
     )
 
 
-def model_identity(model: Generator) -> str:
+def model_identity(model: Generator, settings: Settings | None = None) -> str:
     """What is evaluated, for the output's address: a digest of a model directory's files (a fetched or
     converted model included), a hub id as given (pin a revision by downloading it), an endpoint's served name."""
     if isinstance(model, Endpoint):
         return f"endpoint:{model.model}"
-    path = Path(resolve_model(model.model))
+    path = Path(resolve_model(model.model, settings))
     if not path.is_dir():
         return f"hub:{model.model}"
     digests = {}
@@ -141,14 +152,14 @@ def run(
     config: EvalConfig, store: Store, *, endpoint: Endpoint | None = None, progress: Progress | None = None
 ) -> Published:
     sets = load_eval_sets(config, store)
-    examples = select_examples(sets, config.max_examples)
+    examples = select_examples(sets, config.max_examples, config.seed)
     if not examples:
         raise EvalError("the eval sets hold no examples")
     datasets = {ex.source for ex in examples}
     if config.per_label_dataset is not None and config.per_label_dataset not in datasets:
         known = ", ".join(sorted(datasets))
         raise EvalError(f"per_label_dataset {config.per_label_dataset!r} is not among the datasets: {known}")
-    identity = model_identity(config.model)
+    identity = model_identity(config.model, store.settings)
     digest = sha256_hex(canonical_json({"config": config_hash(config), "prompt": prompt_id(config), "model": identity}))
     out = store.output(output_address("evaluate", digest, [s.ref.digest for s in sets], prefix="evals"))
     if (published := out.published()) is not None:
@@ -164,23 +175,33 @@ def run(
     return _publish(config, out, sets, examples, predictions, shards, identity)
 
 
+def eval_sampling(config: EvalConfig) -> SamplingParams:
+    """The decoding of every request: ``sampling``, with ``stop_at_answer`` also ending at the answer's closing."""
+    if not config.stop_at_answer:
+        return config.sampling
+    return config.sampling.model_copy(update={"stop": tuple(dict.fromkeys((*config.sampling.stop, *ANSWER_STOPS)))})
+
+
 def _generate_on_server(
     config: EvalConfig, out: Output, examples: list[NERExample], endpoint: Endpoint | None, progress: Progress | None
 ) -> None:
     # map_requests reads the request settings of an LLM stage; evaluation has the same fields.
+    sampling = eval_sampling(config)
     requests = LLMStage.model_validate(
-        config.model_dump(include={"sampling", "shard_size", "concurrency", "request_timeout_s", "max_retries"})
+        config.model_dump(include={"shard_size", "concurrency", "request_timeout_s", "max_retries"})
+        | {"sampling": sampling}
     )
-    with serving(config.model, endpoint) as ep:  # type: ignore[arg-type]  # a TransformersRunner only with endpoint
+    with serving(config.model, endpoint, settings=out.store.settings) as ep:  # type: ignore[arg-type]  # a TransformersRunner only with endpoint
         map_requests(
             out,
             examples,
             config=requests,
             endpoint=ep,
             messages=config_messages(config),
-            build=lambda ex, r: prediction(ex, r.text, r.generation(ep.model, config.sampling)),
+            build=lambda ex, r: prediction(ex, r.text, r.generation(ep.model, sampling)),
             record_type=Prediction,
             progress=progress,
+            reasoning_budget=config.reasoning_budget,
         )
 
 
@@ -195,13 +216,18 @@ def _generate_locally(
     """The pending shards generated in-process, each committed as it finishes (as map_requests does)."""
     from tasks.generate import LocalGenerator
 
-    generator = LocalGenerator(runner.model, batch_size=runner.batch_size, device=runner.device)
+    generator = LocalGenerator(
+        runner.model, batch_size=runner.batch_size, device=runner.device, settings=out.store.settings
+    )
     done = total - sum(len(shard) for _, shard in pending)
     if progress:
         progress(done, total)
     for name, shard in pending:
         conversations = [config_messages(config)(ex) for ex in shard]
-        completions = generator.complete(conversations, config.sampling)
+        if config.reasoning_budget is None:
+            completions = generator.complete(conversations, eval_sampling(config))
+        else:
+            completions = budget_complete(generator, conversations, eval_sampling(config), config.reasoning_budget)
         records = [
             prediction(ex, c.text, _local_generation(runner.model, conversation, config, c))
             for ex, conversation, c in zip(shard, conversations, completions, strict=True)
@@ -217,11 +243,12 @@ def _local_generation(
 ) -> Generation:
     return Generation(
         model=model,
-        sampling=config.sampling,
-        request_key=request_key(model, conversation, config.sampling),
+        sampling=eval_sampling(config),
+        request_key=request_key(model, conversation, eval_sampling(config)),
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
         finish_reason=completion.finish_reason,
+        reasoning_tokens=completion.reasoning_tokens,
     )
 
 
@@ -236,7 +263,7 @@ def _publish(
 ) -> Published:
     pairs = pair(examples, predictions)
     paper, strict = score(pairs, "paper"), score(pairs, "strict")
-    stats = generation_stats(examples, predictions, _reasoning_tokens(config, predictions))
+    stats = generation_stats(examples, predictions, _reasoning_tokens(config, predictions, out.store.settings))
     metrics = {"paper": paper.to_dict(), "strict": strict.to_dict(), "generation": stats}
     label_dataset = config.per_label_dataset or max(paper.per_dataset, key=lambda n: paper.per_dataset[n].micro.n_gold)
     per_label = paper.per_dataset[label_dataset].per_label
@@ -266,7 +293,8 @@ def _publish(
         "average_f1_strict": strict.average_f1,
         "micro_f1": paper.micro.f1,
         **{key: stats[ALL][key] for key in ("parse_failures", "parse_failure_rate", "hit_max_tokens")},
-        **{key: stats[ALL][key] for key in ("reasoning_tokens_mean", "completion_tokens_mean")},
+        **{key: stats[ALL][key] for key in ("reasoning_tokens_mean", "answer_tokens_mean", "completion_tokens_mean")},
+        "reasoning_budget": config.reasoning_budget,
         "prompt_tokens": sum(p.generation.prompt_tokens for p in predictions if p.generation),
         "completion_tokens": sum(p.generation.completion_tokens for p in predictions if p.generation),
         "dropped_gold": sum(s.dropped_gold for s in sets),
@@ -277,11 +305,16 @@ def _publish(
     return out.publish(kind="predictions", stage="evaluate", config=config, files=files, inputs=inputs, stats=summary)
 
 
-def _reasoning_tokens(config: EvalConfig, predictions: Sequence[Prediction]) -> list[int] | None:
+def _reasoning_tokens(config: EvalConfig, predictions: Sequence[Prediction], settings: Settings) -> list[int] | None:
+    """Thinking tokens per prediction: the server's counts under a reasoning budget, else the reasoning's
+    tokens counted with the model's tokenizer (``None`` without one)."""
+    counted = [p.generation.reasoning_tokens if p.generation else None for p in predictions]
+    if all(n is not None for n in counted):
+        return counted  # type: ignore[return-value]
     ref = config.tokenizer or (None if isinstance(config.model, Endpoint) else config.model.model)
     if ref is None:
         return None
-    return token_counter(load_tokenizer(ref))([p.reasoning or "" for p in predictions])
+    return token_counter(load_tokenizer(ref, settings))([p.reasoning or "" for p in predictions])
 
 
 def _dataset_chart(paper: Report) -> bytes:
@@ -291,13 +324,16 @@ def _dataset_chart(paper: Report) -> bytes:
 
 
 def _header(config: EvalConfig, sets: list[EvalSet], identity: str, examples: int) -> list[str]:
-    s = config.sampling
+    s = eval_sampling(config)
     lines = [
         f"- model: `{config.model.model}` ({config.model.kind}), identity `{identity[:23]}`",
-        f"- decoding: temperature {s.temperature:g}, top_p {s.top_p:g}, max_tokens {s.max_tokens}; "
+        f"- decoding: temperature {s.temperature:g}, top_p {s.top_p:g}, max_tokens {s.max_tokens}"
+        f"{f', stop at {list(s.stop)}' if s.stop else ''}; "
         f"prompt {config.prompt} `{prompt_id(config)}`",
         f"- {examples} examples from: {', '.join(f'`{e.origin}`' for e in sets)}",
     ]
+    if config.reasoning_budget is not None:
+        lines.append(f"- reasoning budget: {config.reasoning_budget} tokens (budget forcing), then the answer")
     dropped = sum(e.dropped_gold for e in sets)
     if dropped:
         lines.append(f"- {dropped} gold entities were left out: their text is not in their sentence")

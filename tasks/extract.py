@@ -16,6 +16,13 @@ Usage::
     rner extract --model ner --base-url http://h:8000/v1 --tokenizer /models/ner --context 32768 \\
         --labels person --input docs.jsonl --output found.jsonl --reasoning
     rner extract --model outputs/qwen3-8b-grpo --vllm --prompt paper --labels person --text "..."
+    rner extract --model ner --base-url http://h:8000/v1 --tokenizer /models/ner --context 32768 \\
+        --reasoning-budget 128 --labels person --text "..."     # think at most 128 tokens per chunk
+
+Reasoning budget. ``reasoning_budget`` (tokens, ``--reasoning-budget``) bounds the thinking of each chunk by
+budget forcing (``tasks.budget``): the reasoning is cut at the budget if the model has not closed it, and the
+answer generated after it in up to ``max_tokens`` more. 0 answers without thinking. It needs a model asked to
+reason (not ``with_cot=False``).
 
 The model is asked with the instruction it was trained with: ``prompt`` ``rner`` (ours, the default; with
 ``with_cot=False``, ``--answer-only``, for a model trained on answers alone) or ``paper`` (the released one,
@@ -27,9 +34,13 @@ requests in flight (in-process: ``batch_size`` per forward pass). A text without
 Results come back in input order as ``Extraction``s whose ``entities`` (text, label, start, end, with
 ``text[start:end] == entity.text``) are sorted by position. Only the types asked for are kept, matched
 case-insensitively and returned as asked; mentions that are not in the text or not of an asked type are in
-``dropped``. A chunk whose answer does not parse contributes nothing and is named in ``failures``; it never
-raises. ``--input`` is a ``.jsonl`` file of ``Passage`` lines (``id``, ``text``, optional ``labels``) or a
-``.txt`` file read as one text; the CLI writes one ``Prediction`` line per text, which ``rner score`` reads.
+``dropped``. A chunk whose answer does not parse contributes nothing and is named in ``failures`` with the
+start of what the model wrote (``raw`` has all of it; the CLI's ``--show-raw`` writes it as ``completion``); it
+never raises. Generation ends where the answer object closes (``tasks.prompts.ANSWER_STOPS``), so a model that
+writes on after its answer does not run to ``max_tokens``. The CLI shows progress on stderr: a bar on a terminal,
+plain lines in a log (``tasks.progress``). ``--input`` is a ``.jsonl`` file of ``Passage`` lines (``id``,
+``text``, optional ``labels``) or a ``.txt`` file read as one text; the CLI writes one ``Prediction`` line per
+text, which ``rner score`` reads.
 
 Long texts. The model sees at most ``context_tokens``: the prompt (chat template, instruction, entity types,
 text) plus ``max_tokens`` for the answer. A text that does not fit is read in chunks cut at sentence
@@ -49,9 +60,10 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
@@ -61,26 +73,35 @@ from typing import Annotated, Any, Self
 import typer
 
 from schemas import Endpoint, Entity, Mention, Passage, Prediction, SamplingParams, TransformersRunner, VLLMLaunch
+from schemas.base import MAX_NAME_CHARS
 from schemas.configs import DEFAULT_MODEL, Generator, PromptStyle
+from tasks.budget import FORCING_TOKENS, ask, budget_complete, check_budget
 from tasks.errors import RnerError
 from tasks.jsonl import parse_lines
 from tasks.llm import LLMClient
 from tasks.llm_stage import Progress
 from tasks.models import resolve_model
 from tasks.parse import ground, parse_completion
-from tasks.prompts import PROMPT_STYLES, Message, ner_messages, render_prompt
+from tasks.progress import progress_bar
+from tasks.prompts import ANSWER_STOPS, PROMPT_STYLES, Message, ner_messages, render_prompt
 from tasks.serving import serve
-from tasks.stage_cli import clean_errors, err
+from tasks.settings import Settings
+from tasks.stage_cli import check_writable, clean_errors
 
 MARGIN_TOKENS = 8
 """Kept free in every prompt: the text can tokenize a token or two differently where it joins the template."""
 MIN_CHUNK_TOKENS = 32
+DEFAULT_MAX_TOKENS = 512
+"""Answer budget per chunk: a sentence's reasoning and answer fit, and a model that never answers gives up after
+about 20 s on two CPU cores with the embedded model (generation also ends where the answer closes)."""
 MAX_OVERLAP_TOKENS = 256
 
 Count = Callable[[list[str]], list[int]]
 Span = tuple[int, int]
 Key = tuple[int, int, str]
 """An entity found: (start, end, label) in the original text."""
+Job = tuple[str, tuple[str, ...], list[Span]]
+"""A text to extract from: the text, its entity types, its chunks."""
 
 # A sentence ends after terminal punctuation (and any closing quotes or brackets) followed by whitespace, or
 # at a line break. Abbreviations ("Dr. Voss") cut too often rather than too rarely; the overlap covers it.
@@ -92,11 +113,12 @@ class ExtractError(RnerError, ValueError):
     """A request extraction cannot serve: no entity types, a context too small, an unreadable input."""
 
 
-def load_tokenizer(ref: str) -> Any:
-    """The tokenizer of a model reference (``default``, a directory, ``s3://``, ``store:``, a hub id)."""
+def load_tokenizer(ref: str, settings: Settings | None = None) -> Any:
+    """The tokenizer of a model reference (``default``, a directory, ``s3://``, ``store:`` in ``settings``' store,
+    a hub id)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(ref))
+    return AutoTokenizer.from_pretrained(resolve_model(ref, settings))
 
 
 def token_counter(tokenizer: Any) -> Count:
@@ -106,16 +128,6 @@ def token_counter(tokenizer: Any) -> Count:
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
     return count
-
-
-@contextmanager
-def progress_bar(description: str) -> Iterator[Progress]:
-    """A rich progress bar on stderr, as a ``progress(done, total)`` callback."""
-    from rich.progress import Progress as Bar
-
-    with Bar(console=err) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 # --- chunking -----------------------------------------------------------------------------------------
@@ -195,12 +207,21 @@ class Extraction:
     failures: tuple[str, ...] = ()
     """One per chunk whose answer did not parse: where it is and why."""
     dropped: tuple[Mention, ...] = ()
+    prompt_tokens: int = 0
+    """Over all chunks, as the generator counted them."""
+    completion_tokens: int = 0
+    raw: tuple[str, ...] = ()
+    """The model's answer per chunk, as it wrote it."""
 
-    def prediction(self, id: str, *, reasoning: bool = False) -> Prediction:
-        """The extraction as a ``Prediction`` record (what the CLI writes), the reasoning only if asked."""
+    def prediction(self, id: str, *, reasoning: bool = False, raw: bool = False) -> Prediction:
+        """The extraction as a ``Prediction`` record (what the CLI writes), the reasoning and the raw answers
+        (``completion``, chunk after chunk) only if asked."""
         thoughts = "\n\n".join(r for r in self.reasoning if r) if reasoning else ""
         failures = "; ".join(self.failures) or None
-        return Prediction(id=id, entities=self.entities, reasoning=thoughts or None, parse_error=failures)
+        completion = "\n\n".join(self.raw) if raw else None
+        return Prediction(
+            id=id, entities=self.entities, reasoning=thoughts or None, parse_error=failures, completion=completion
+        )
 
 
 def merge(text: str, labels: Sequence[str], chunks: Sequence[Span], answers: Sequence[str]) -> Extraction:
@@ -212,7 +233,8 @@ def merge(text: str, labels: Sequence[str], chunks: Sequence[Span], answers: Seq
         parsed = parse_completion(answer)
         reasoning.append(parsed.reasoning or "")
         if not parsed.ok:
-            failures.append(f"chunk [{start}, {end}): {parsed.reason}: {parsed.detail}")
+            where = f"chunk [{start}, {end})"
+            failures.append(f"{where}: {parsed.reason}: {parsed.detail}; the model wrote {_head(answer)}")
         wanted = []
         for m in parsed.mentions:
             if m.label.casefold() in asked:
@@ -226,7 +248,12 @@ def merge(text: str, labels: Sequence[str], chunks: Sequence[Span], answers: Seq
     first, last = (chunks[0][0], chunks[-1][1]) if chunks else (0, 0)
     kept = [key for key, chunk in found.items() if not _cut_short(key, chunk, first, last, found)]
     entities = tuple(Entity(text=text[s:e], label=label, start=s, end=e) for s, e, label in sorted(kept))
-    return Extraction(entities, tuple(chunks), tuple(reasoning), tuple(failures), tuple(dropped))
+    return Extraction(entities, tuple(chunks), tuple(reasoning), tuple(failures), tuple(dropped), raw=tuple(answers))
+
+
+def _head(answer: str, limit: int = 200) -> str:
+    """The start of a raw answer, quoted, for an error line (``--show-raw`` gives all of it)."""
+    return repr(answer if len(answer) <= limit else answer[:limit] + "…")
 
 
 def _cut_short(key: Key, chunk: Span, first: int, last: int, found: dict[Key, Span]) -> bool:
@@ -249,7 +276,7 @@ class Extractor:
         self,
         model: Generator | str = DEFAULT_MODEL,
         *,
-        max_tokens: int = 1024,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         context_tokens: int | None = None,
         overlap_tokens: int | None = None,
         tokenizer: str | None = None,
@@ -258,13 +285,17 @@ class Extractor:
         max_retries: int = 5,
         prompt: PromptStyle = "rner",
         with_cot: bool = True,
+        reasoning_budget: int | None = None,
     ) -> None:
         if prompt not in PROMPT_STYLES:
             raise ExtractError(f"unknown prompt {prompt!r} (known: {', '.join(PROMPT_STYLES)})")
         self.spec = TransformersRunner(model=model) if isinstance(model, str) else model
         self.prompt: PromptStyle = prompt
         self.with_cot = with_cot
-        self.sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        check_budget(reasoning_budget, with_cot=with_cot)
+        self.reasoning_budget = reasoning_budget
+        # Generation ends where the answer object closes: nothing after it is read.
+        self.sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=ANSWER_STOPS)
         self.context_tokens = context_tokens
         self.overlap_tokens = overlap_tokens
         self.tokenizer_ref = tokenizer
@@ -274,6 +305,7 @@ class Extractor:
         self._endpoint = self.spec if isinstance(self.spec, Endpoint) else None
         self._stack = ExitStack()
         self._budgets: dict[tuple[str, ...], int] = {}
+        self._planning = threading.Lock()
 
     def __enter__(self) -> Self:
         if isinstance(self.spec, VLLMLaunch):
@@ -322,11 +354,13 @@ class Extractor:
         if labels not in self._budgets:
             prompt = render_prompt(self.tokenizer, self.messages("", labels))
             overhead = token_counter(self.tokenizer)([prompt])[0]
-            budget = self.context - self.sampling.max_tokens - overhead - MARGIN_TOKENS
+            thinking = 0 if self.reasoning_budget is None else self.reasoning_budget + FORCING_TOKENS
+            budget = self.context - self.sampling.max_tokens - thinking - overhead - MARGIN_TOKENS
             if budget < MIN_CHUNK_TOKENS:
                 raise ExtractError(
                     f"a context of {self.context} tokens leaves {budget} for the text after the prompt ({overhead}) "
-                    f"and the answer (max_tokens {self.sampling.max_tokens}); raise the context or lower max_tokens"
+                    f"and the answer (max_tokens {self.sampling.max_tokens}, reasoning budget "
+                    f"{self.reasoning_budget}); raise the context or lower max_tokens"
                 )
             self._budgets[labels] = budget
         return self._budgets[labels]
@@ -344,7 +378,59 @@ class Extractor:
         self, items: Sequence[str | Passage], labels: Sequence[str] = (), *, progress: Progress | None = None
     ) -> list[Extraction]:
         """One ``Extraction`` per item, in order; every chunk of every item is generated in one batch."""
-        jobs: list[tuple[str, tuple[str, ...], list[Span]]] = []
+        if not isinstance(self.spec, TransformersRunner):
+            if self._endpoint is None:
+                raise ExtractError("a VLLMLaunch model is served for a block: use `with Extractor(...) as extractor:`")
+            return asyncio.run(self._extract_on(self._endpoint, items, labels, progress))
+        jobs = self.plan(items, labels)
+        conversations = self._conversations(jobs)
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(done, len(conversations))
+
+        advance(0)  # a first sign of life: the model is loaded and the texts are planned
+        if self.reasoning_budget is None:
+            completions = self.local.complete(conversations, self.sampling, on_batch=advance)
+        else:
+            completions = budget_complete(self.local, conversations, self.sampling, self.reasoning_budget, advance)
+        return self._merged(jobs, [(c.text, c.prompt_tokens, c.completion_tokens) for c in completions])
+
+    async def extract_async(
+        self,
+        items: Sequence[str | Passage],
+        labels: Sequence[str] = (),
+        *,
+        client: LLMClient,
+        sampling: SamplingParams | None = None,
+        progress: Progress | None = None,
+    ) -> list[Extraction]:
+        """``extract`` on a client the caller holds (the service shares one, and its concurrency limit, across
+        requests), with ``sampling`` instead of the extractor's greedy decoding if given. Chunks are planned in
+        a worker thread (tokenizing long texts must not stall the event loop), one plan at a time (a fast
+        tokenizer is not safe to call from two threads at once)."""
+        jobs = await asyncio.to_thread(self._plan_alone, items, labels)
+        conversations = self._conversations(jobs)
+        done = 0
+        if progress:
+            progress(done, len(conversations))
+
+        async def one(messages: list[Message]) -> tuple[str, int, int]:
+            nonlocal done
+            result = await ask(client, messages, sampling or self.sampling, self.reasoning_budget)
+            done += 1
+            if progress:
+                progress(done, len(conversations))
+            return result.text, result.prompt_tokens, result.completion_tokens
+
+        return self._merged(jobs, list(await asyncio.gather(*(one(m) for m in conversations))))
+
+    def plan(self, items: Sequence[str | Passage], labels: Sequence[str] = ()) -> list[Job]:
+        """Each item's text, entity types and chunks; an item without entity types raises ``ExtractError``."""
+        jobs: list[Job] = []
         for i, item in enumerate(items):
             text, own = (item, ()) if isinstance(item, str) else (item.text, item.labels)
             schema = clean_labels(own or labels)
@@ -352,47 +438,43 @@ class Extractor:
                 where = f"text {i}" if isinstance(item, str) else f"passage {item.id!r}"
                 raise ExtractError(f"{where}: no entity types to extract (give labels, e.g. ['person', 'location'])")
             jobs.append((text, schema, self.chunks(text, schema)))
-        conversations = [self.messages(text[s:e], schema) for text, schema, chunks in jobs for s, e in chunks]
-        answers = iter(self._complete(conversations, progress))
-        return [merge(text, schema, chunks, [next(answers) for _ in chunks]) for text, schema, chunks in jobs]
+        return jobs
 
-    def _complete(self, conversations: list[list[Message]], progress: Progress | None) -> list[str]:
-        if isinstance(self.spec, TransformersRunner):
-            done = 0
+    def _plan_alone(self, items: Sequence[str | Passage], labels: Sequence[str]) -> list[Job]:
+        with self._planning:
+            return self.plan(items, labels)
 
-            def advance(n: int) -> None:
-                nonlocal done
-                done += n
-                if progress:
-                    progress(done, len(conversations))
+    def _conversations(self, jobs: list[Job]) -> list[list[Message]]:
+        return [self.messages(text[s:e], schema) for text, schema, chunks in jobs for s, e in chunks]
 
-            return [c.text for c in self.local.complete(conversations, self.sampling, on_batch=advance)]
-        if self._endpoint is None:
-            raise ExtractError("a VLLMLaunch model is served for a block: use `with Extractor(...) as extractor:`")
-        return asyncio.run(self._chat(self._endpoint, conversations, progress))
+    @staticmethod
+    def _merged(jobs: list[Job], answers: list[tuple[str, int, int]]) -> list[Extraction]:
+        """The answers (text, prompt tokens, completion tokens), chunk after chunk, merged per item."""
+        results, rest = [], iter(answers)
+        for text, schema, chunks in jobs:
+            mine = [next(rest) for _ in chunks]
+            merged = merge(text, schema, chunks, [answer for answer, _, _ in mine])
+            usage = {"prompt_tokens": sum(p for _, p, _ in mine), "completion_tokens": sum(c for _, _, c in mine)}
+            results.append(replace(merged, **usage))
+        return results
 
-    async def _chat(
-        self, endpoint: Endpoint, conversations: list[list[Message]], progress: Progress | None
-    ) -> list[str]:
-        done = 0
+    async def _extract_on(
+        self, endpoint: Endpoint, items: Sequence[str | Passage], labels: Sequence[str], progress: Progress | None
+    ) -> list[Extraction]:
         async with LLMClient(
             endpoint, concurrency=self.concurrency, timeout_s=self.request_timeout_s, max_retries=self.max_retries
         ) as client:
-
-            async def one(messages: list[Message]) -> str:
-                nonlocal done
-                result = await client.chat(messages, self.sampling)
-                done += 1
-                if progress:
-                    progress(done, len(conversations))
-                return result.text
-
-            return list(await asyncio.gather(*(one(m) for m in conversations)))
+            return await self.extract_async(items, labels, client=client, progress=progress)
 
 
 def clean_labels(labels: Sequence[str]) -> tuple[str, ...]:
-    """Entity types stripped, without blanks and repeats, in the order given."""
-    return tuple(dict.fromkeys(label.strip() for label in labels if label.strip()))
+    """Entity types stripped, without blanks and repeats, in the order given; one longer than a name may be (as
+    imported data's are held to) is an error."""
+    cleaned = tuple(dict.fromkeys(label.strip() for label in labels if label.strip()))
+    for label in cleaned:
+        if len(label) > MAX_NAME_CHARS:
+            raise ExtractError(f"entity type {label[:40]!r}... has {len(label)} characters; at most {MAX_NAME_CHARS}")
+    return cleaned
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -400,15 +482,17 @@ def clean_labels(labels: Sequence[str]) -> tuple[str, ...]:
 
 def read_inputs(path: Path, labels: tuple[str, ...]) -> list[Passage]:
     """Passages from ``.jsonl`` (one per line) or ``.txt`` (the whole file); bad lines raise with file:line."""
+    if path.suffix not in (".txt", ".jsonl"):
+        raise ExtractError(f"{path}: expected a .jsonl file (Passage lines) or a .txt file (one text)")
     data = path.read_bytes()
+    if not data.strip():
+        raise ExtractError(f"{path}: empty: no text to extract from")
     if path.suffix == ".txt":
         try:
-            return [Passage(id=path.stem, text=data.decode("utf-8"))]
+            return [Passage(id=path.stem, text=data.decode("utf-8-sig"))]
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
             raise ExtractError(f"{path}:{line}: not UTF-8 text") from None
-    if path.suffix != ".jsonl":
-        raise ExtractError(f"{path}: expected a .jsonl file (Passage lines) or a .txt file (one text)")
     lines = data.splitlines()
     passages = list(parse_lines(lines, Passage, str(path)))
     numbers = [n for n, line in enumerate(lines, start=1) if line.strip()]
@@ -445,37 +529,51 @@ def cli_extract(
     ] = None,
     output: Annotated[Path | None, typer.Option(help="JSONL file to write (default: stdout).")] = None,
     reasoning: Annotated[bool, typer.Option("--reasoning", help="Include the model's reasoning.")] = False,
+    show_raw: Annotated[
+        bool, typer.Option("--show-raw", help="Include what the model wrote, as it wrote it (`completion`).")
+    ] = False,
     base_url: Annotated[str | None, typer.Option(help="A running OpenAI-compatible server serving --model.")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="RNER_API_KEY", help="That server's API key.")] = None,
     vllm: Annotated[bool, typer.Option("--vllm", help="Start a vLLM server for --model for this run.")] = False,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer reference (default: the model's).")] = None,
-    context: Annotated[int | None, typer.Option(help="Context window in tokens (default: the model's).")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Answer budget per chunk, reasoning included.")] = 1024,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight to a server.")] = 16,
+    context: Annotated[int | None, typer.Option(min=1, help="Context window in tokens (default: the model's).")] = None,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Answer budget per chunk, reasoning included.")
+    ] = DEFAULT_MAX_TOKENS,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight to a server.")] = 16,
     prompt: Annotated[
         str, typer.Option(help="The instruction the model was trained with: rner (ours) or paper (the released one).")
     ] = "rner",
     answer_only: Annotated[
         bool, typer.Option("--answer-only", help="The model was trained on answers alone: ask for no reasoning.")
     ] = False,
+    reasoning_budget: Annotated[
+        int | None,
+        typer.Option(help="Most tokens of thinking per chunk, then the answer in up to --max-tokens (0: none)."),
+    ] = None,
 ) -> None:
     """Extract entities with character offsets: one JSON line (a Prediction) per text."""
     if (text is None) == (input_path is None):
         raise ExtractError("give --text or --input (exactly one)")
     schema = clean_labels(labels.split(","))
+    if text is not None and not schema:
+        raise ExtractError("--labels: no entity types to extract (e.g. --labels person,location)")
+    if output is not None:
+        check_writable(output, "--output")  # now: a bad --output found after the extraction would lose it
     items = [Passage(id="text", text=text)] if text is not None else read_inputs(input_path, schema)  # type: ignore[arg-type]
     spec = generator_spec(model, base_url, api_key, vllm, context)
     options = {"max_tokens": max_tokens, "context_tokens": context, "tokenizer": tokenizer, "concurrency": concurrency}
-    options |= {"prompt": prompt, "with_cot": not answer_only}
+    options |= {"prompt": prompt, "with_cot": not answer_only, "reasoning_budget": reasoning_budget}
     with Extractor(spec, **options) as extractor, progress_bar("extracting") as bar:  # type: ignore[arg-type]
         results = extractor.extract(items, schema, progress=bar)
     lines = "".join(
-        r.prediction(p.id, reasoning=reasoning).model_dump_json(exclude_none=True) + "\n"
+        r.prediction(p.id, reasoning=reasoning, raw=show_raw).model_dump_json(exclude_none=True) + "\n"
         for p, r in zip(items, results, strict=True)
     )
     if output is None:
         sys.stdout.write(lines)
     else:
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(lines)
 
 

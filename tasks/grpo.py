@@ -3,7 +3,8 @@
 Each example of the RE dataset (a ``ner`` output, e.g. from ``tasks.sample``) becomes a conversational
 prompt, the NER instruction of ``tasks.prompts``; its gold travels beside it, as the ``example`` column,
 to the reward functions of ``tasks.rewards`` (``f1_reward``, with ``empty_match_f1``, and
-``schema_reward``, weighted ``f1_reward_weight`` : ``schema_reward_weight``). TRL logs each reward's
+``schema_reward``, weighted ``f1_reward_weight`` : ``schema_reward_weight``; ``length_reward``, a length
+penalty, when ``length_reward_weight`` > 0). TRL logs each reward's
 mean and spread per step; they end up in the training curve and the manifest's final metrics.
 
 Rollouts (``rollout``):
@@ -53,7 +54,7 @@ from schemas.configs import PromptStyle
 from tasks.launch import ROLLOUT_GPUS_ENV, without_torchrun
 from tasks.metrics import paper_labels
 from tasks.prompts import ner_messages
-from tasks.rewards import f1_reward, schema_reward
+from tasks.rewards import f1_reward, length_reward, schema_reward
 from tasks.serving import HOST, free_port, run_server
 from tasks.settings import Settings
 from tasks.stage_cli import stage_main
@@ -122,7 +123,7 @@ def grpo_arguments(config: GRPOConfig, device: Device, workdir: Path, server_url
         "loss_type": config.loss_type,
         "max_completion_length": config.max_completion_length,
         "temperature": config.temperature,
-        "reward_weights": [config.f1_reward_weight, config.schema_reward_weight],
+        "reward_weights": reward_weights(config),
         "use_vllm": config.rollout != "transformers",
         "vllm_mode": "colocate" if config.rollout == "colocate" else "server",
         "vllm_server_base_url": server_url,
@@ -133,8 +134,18 @@ def grpo_arguments(config: GRPOConfig, device: Device, workdir: Path, server_url
 
 
 def reward_functions(config: GRPOConfig) -> list[Callable[..., list[float]]]:
-    """The rewards, in the order of ``reward_weights``: F1 (with ``empty_match_f1``), schema."""
-    return [partial(f1_reward, empty_match=config.empty_match_f1), schema_reward]
+    """The rewards, in the order of ``reward_weights``: F1 (with ``empty_match_f1``), schema, and the length
+    penalty when it is weighted."""
+    rewards = [partial(f1_reward, empty_match=config.empty_match_f1), schema_reward]
+    if config.length_reward_weight > 0:
+        rewards.append(partial(length_reward, empty_match=config.empty_match_f1))
+    return rewards
+
+
+def reward_weights(config: GRPOConfig) -> list[float]:
+    """The weights of ``reward_functions``, in their order."""
+    weights = [config.f1_reward_weight, config.schema_reward_weight]
+    return [*weights, config.length_reward_weight] if config.length_reward_weight > 0 else weights
 
 
 def run(

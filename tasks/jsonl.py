@@ -44,12 +44,21 @@ def describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte-order mark that editors on Windows start files with: a signature, never content. Every reader
+of JSON, JSONL, CoNLL and YAML input drops it."""
+
+
+def without_bom(data: bytes) -> bytes:
+    return data.removeprefix(BOM)
+
+
 def parse_lines(lines: Iterable[bytes | str], model: type[M], source: str) -> Iterator[M]:
-    """Validate each non-blank line as ``model``; the first bad line raises ``RecordError``. A UTF-8 byte-order
-    mark at the start of the first line is a signature (as editors on Windows write it), not content."""
+    """Validate each non-blank line as ``model``; the first bad line raises ``RecordError``. A byte-order mark
+    (``BOM``) at the start of the first line is dropped."""
     for number, line in enumerate(lines, start=1):
         if number == 1:
-            line = line.removeprefix(b"\xef\xbb\xbf") if isinstance(line, bytes) else line.removeprefix("\ufeff")
+            line = without_bom(line) if isinstance(line, bytes) else line.removeprefix("\ufeff")
         if line.strip():
             yield _validate(model, line, source, number)
 

@@ -96,7 +96,7 @@ def run(
         return published
     records: list[CoTRecord] = list(store.records(source.manifest))  # type: ignore[arg-type]
     if pending_shards(out, records, config.shard_size):
-        with serving(config.judge, endpoint) as ep:
+        with serving(config.judge, endpoint, settings=store.settings) as ep:
             map_requests(
                 out,
                 records,

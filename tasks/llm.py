@@ -22,6 +22,9 @@ nothing, so a resumed stage gets the very answers the interrupted one paid for, 
 damaged entry (truncated by a crash, or not such an answer) is reported once and the request sent again; the
 new answer replaces it (``StoreCache``).
 
+Stop strings (``sampling.stop``) are sent as ``stop``; the one that ended a completion is put back at the end of
+its text when the server says which it was (vLLM's ``stop_reason``, SGLang's ``matched_stop``).
+
 Reasoning: servers with a reasoning parser (vLLM ``--reasoning-parser``) return the thinking separately in
 ``message.reasoning`` (``reasoning_content`` in older versions) and the answer in ``content``; without one the
 thinking stays inline in ``content`` as ``<think>…</think>``. ``ChatResult.text`` puts a separate reasoning back
@@ -34,6 +37,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from types import TracebackType
@@ -51,9 +55,14 @@ from tasks.redact import install_log_redaction, redact_url
 from tasks.store import Store
 
 
-def request_key(model: str, messages: list[Message], sampling: SamplingParams) -> str:
-    """The identity of a request: sha256 of the canonical JSON of model, messages and sampling parameters."""
+def request_key(
+    model: str, messages: list[Message], sampling: SamplingParams, extra: Mapping[str, Any] | None = None
+) -> str:
+    """The identity of a request: sha256 of the canonical JSON of model, messages, sampling parameters and the
+    extra request fields (left out when there are none, so plain requests keep their keys)."""
     payload = {"model": model, "messages": messages, "sampling": sampling.model_dump(mode="json")}
+    if extra:
+        payload["extra"] = dict(extra)
     return sha256_hex(canonical_json(payload))
 
 
@@ -70,6 +79,9 @@ class ChatResult:
     latency_s: float
     finish_reason: str | None
     cached: bool = False
+    reasoning_tokens: int | None = None
+    """Of ``completion_tokens``, the thinking request's, when a reasoning budget split the completion in two
+    (``tasks.budget``); never cached itself (each of its two requests is)."""
 
     @property
     def text(self) -> str:
@@ -86,7 +98,12 @@ class ChatResult:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             finish_reason=self.finish_reason,
+            reasoning_tokens=self.reasoning_tokens,
         )
+
+
+NOT_CACHED = ("key", "cached", "reasoning_tokens")
+"""``ChatResult`` fields a cache entry leaves out: the key it is stored under, and what one request never has."""
 
 
 class RequestCache(Protocol):
@@ -254,6 +271,10 @@ class _Message(BaseModel):
 class _Choice(BaseModel):
     message: _Message
     finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    """vLLM: the stop string (or token id) that ended the completion."""
+    matched_stop: int | str | None = None
+    """SGLang's name for it."""
 
 
 class _TokenUsage(BaseModel):
@@ -296,9 +317,13 @@ class LLMClient:
             http_client=openai.DefaultAsyncHttpxClient(limits=limits),
         )
 
-    async def chat(self, messages: list[Message], sampling: SamplingParams) -> ChatResult:
-        """One chat completion: replayed from the cache when finished before, else sent (and then cached)."""
-        key = request_key(self.endpoint.model, messages, sampling)
+    async def chat(
+        self, messages: list[Message], sampling: SamplingParams, *, extra: Mapping[str, Any] | None = None
+    ) -> ChatResult:
+        """One chat completion: replayed from the cache when finished before, else sent (and then cached).
+
+        ``extra``: more request fields, sent as they are (vLLM's ``stop``, ``continue_final_message``, ...)."""
+        key = request_key(self.endpoint.model, messages, sampling, extra)
         entry = await asyncio.to_thread(self.cache.get, key) if self.cache is not None else None
         if entry is not None:
             try:
@@ -308,14 +333,16 @@ class LLMClient:
                 entry = None
         if entry is None:
             async with self._slots:
-                result = await self._send(key, messages, sampling)
+                result = await self._send(key, messages, sampling, extra or {})
             if self.cache is not None:
-                stored = {name: value for name, value in asdict(result).items() if name not in ("key", "cached")}
+                stored = {name: value for name, value in asdict(result).items() if name not in NOT_CACHED}
                 await asyncio.to_thread(self.cache.put, key, stored)
         self.usage.add(result)
         return result
 
-    async def _send(self, key: str, messages: list[Message], sampling: SamplingParams) -> ChatResult:
+    async def _send(
+        self, key: str, messages: list[Message], sampling: SamplingParams, extra: Mapping[str, Any]
+    ) -> ChatResult:
         params: dict[str, Any] = {
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -323,6 +350,8 @@ class LLMClient:
         }
         if sampling.seed is not None:
             params["seed"] = sampling.seed
+        if sampling.stop:
+            params["stop"] = list(sampling.stop)
         start = time.perf_counter()
         try:
             # The raw response, so that we read the body ourselves: the SDK would hand back a non-JSON body as a
@@ -330,6 +359,7 @@ class LLMClient:
             raw = await self._client.chat.completions.with_raw_response.create(
                 model=self.endpoint.model,
                 messages=messages,
+                extra_body=dict(extra) or None,
                 **params,
             )
         except openai.APIError as e:
@@ -341,9 +371,13 @@ class LLMClient:
         except ValidationError as e:
             raise self._error(f"the answer is not a chat completion ({describe(e)}): {_snippet(body)}") from None
         choice = completion.choices[0]
+        # A server leaves the stop string out of the text; put it back, so an answer cut at its closing is whole.
+        matched = choice.stop_reason if choice.stop_reason is not None else choice.matched_stop
+        stopped = choice.finish_reason == "stop" and isinstance(matched, str) and matched in sampling.stop
+        ending = str(matched) if stopped else ""
         return ChatResult(
             key=key,
-            content=choice.message.content or "",
+            content=(choice.message.content or "") + ending,
             # An empty reasoning field means none came separately; older vLLM versions call it reasoning_content.
             reasoning=choice.message.reasoning or choice.message.reasoning_content or None,
             prompt_tokens=completion.usage.prompt_tokens,

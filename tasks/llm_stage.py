@@ -27,9 +27,11 @@ from typing import Any, TypeVar
 
 from schemas import Endpoint, FileEntry, Generation, Record, VLLMLaunch
 from schemas.configs import LLMStage
+from tasks.budget import ask
 from tasks.errors import RnerError
 from tasks.llm import ChatResult, LLMClient, LLMRequestError, Message, StoreCache, Usage
 from tasks.serving import serve
+from tasks.settings import Settings
 from tasks.store import Output
 
 T = TypeVar("T")
@@ -58,19 +60,22 @@ def shared_servers() -> Iterator[None]:
 
 
 @contextmanager
-def serving(server: Endpoint | VLLMLaunch, endpoint: Endpoint | None = None) -> Iterator[Endpoint]:
+def serving(
+    server: Endpoint | VLLMLaunch, endpoint: Endpoint | None = None, *, settings: Settings | None = None
+) -> Iterator[Endpoint]:
     """``endpoint`` when the caller already has a server running, else the configured one: started and
-    stopped here if it is a launch spec, or taken from the enclosing ``shared_servers`` block."""
+    stopped here if it is a launch spec, or taken from the enclosing ``shared_servers`` block. ``settings``:
+    the stage's store's (``Store.settings``), where a ``store:`` model resolves."""
     pool = _POOL.get()
     if endpoint is not None:
         yield endpoint
     elif pool is None:
-        with serve(server) as started:
+        with serve(server, settings=settings) as started:
             yield started
     else:
         stack, running = pool
         if server not in running:
-            running[server] = stack.enter_context(serve(server))
+            running[server] = stack.enter_context(serve(server, settings=settings))
         yield running[server]
 
 
@@ -109,9 +114,11 @@ def map_requests(
     build: Callable[[T, ChatResult], Record],
     record_type: type[Record],
     progress: Progress | None = None,
+    reasoning_budget: int | None = None,
 ) -> Usage:
-    """Send one request per item of every uncommitted shard and commit each shard's records."""
-    return asyncio.run(_map(out, items, config, endpoint, messages, build, record_type, progress))
+    """Send one request per item of every uncommitted shard and commit each shard's records. With a
+    ``reasoning_budget``, each item's completion is budget-forced (``tasks.budget``: two requests)."""
+    return asyncio.run(_map(out, items, config, endpoint, messages, build, record_type, progress, reasoning_budget))
 
 
 async def _map(
@@ -123,6 +130,7 @@ async def _map(
     build: Callable[[T, ChatResult], Record],
     record_type: type[Record],
     progress: Progress | None,
+    reasoning_budget: int | None,
 ) -> Usage:
     pending = await asyncio.to_thread(pending_shards, out, items, config.shard_size)
     done = len(items) - sum(len(shard) for _, shard in pending)
@@ -141,7 +149,8 @@ async def _map(
             nonlocal done
             # Every request of the shard runs to the end (and is cached) even if one fails.
             results = await asyncio.gather(
-                *(client.chat(messages(item), config.sampling) for item in shard), return_exceptions=True
+                *(ask(client, messages(item), config.sampling, reasoning_budget) for item in shard),
+                return_exceptions=True,
             )
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:

@@ -196,6 +196,13 @@ def prompt_digest(*templates: str) -> str:
     return sha256_hex("\x00".join(templates))[:16]
 
 
+ANSWER_STOPS: tuple[str, ...] = ("}}", "}\n}")
+"""Where an answer object closes: ours with ``}}`` (``answer_json``), the paper's with ``}\\n}`` (``paper_answer``,
+indented). Generation stops there (``SamplingParams.stop``) instead of running on to ``max_tokens`` when a model
+keeps writing after its answer. Neither occurs inside an answer of either format; a model that writes one in its
+reasoning is cut there (its answer is then a parse error, shown with the raw text)."""
+
+
 def answer_json(mentions: Iterable[Mention], labels: Sequence[str]) -> str:
     """Our answer object: every schema label present, mentions in the order given."""
     grouped: dict[str, list[str]] = {label: [] for label in labels}
@@ -230,7 +237,11 @@ def assistant_target(
 
 
 def render_prompt(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool = True) -> str:
-    """Messages → prompt text via the tokenizer's chat template (fails loudly if it has none)."""
+    """Messages → prompt text via the tokenizer's chat template (fails loudly if it has none). Messages that end
+    with an assistant turn are rendered with that turn left open, to be continued (``continue_final_message``,
+    as vLLM's request field of that name: budget forcing's answer request)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template")
+    if messages and messages[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)

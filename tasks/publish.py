@@ -165,6 +165,7 @@ def _funnel(store: Store, valid: Manifest, judged: Manifest, kept: int) -> dict[
         "kept": kept,
         "below_threshold": judged.stats["judged"] - judged.stats["no_score"] - kept,
         "histogram": judged.stats["histogram"],
+        "reasoning_tokens": valid.stats.get("reasoning_tokens"),  # with validate's tokenizer only
         "prompts": {"teacher": annotated.stats["prompt"], "judge": judged.stats["prompt"]},
         "models": {"teacher": _model(annotated.config, "teacher"), "judge": _model(judged.config, "judge")},
         "tokens": {
@@ -225,6 +226,7 @@ def dataset_card(
         "|---:|---:|---|",
         *[f"| {s} | {n} | {'█' * round(20 * n / width)} |" for s, n in hist.items()],
         "",
+        *_length_table(funnel["reasoning_tokens"]),
         "## Tokens",
         "",
         "| | prompt | completion |",
@@ -238,6 +240,23 @@ def dataset_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _length_table(histograms: dict[str, dict[str, int]] | None) -> list[str]:
+    """The reasoning-length histogram before and after validation (its length cap), when validate counted it."""
+    if histograms is None:
+        return []
+    checked, valid = histograms["checked"], histograms["valid"]
+    return [
+        "## Reasoning length",
+        "",
+        "Tokens of the reasoning, of the records validation checked and of those it kept (`max_reasoning_tokens`).",
+        "",
+        "| tokens | checked | valid |",
+        "|---|---:|---:|",
+        *[f"| {bin} | {n} | {valid[bin]} |" for bin, n in checked.items()],
+        "",
+    ]
 
 
 def _model(config: dict[str, Any], role: str) -> dict[str, Any]:

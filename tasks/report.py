@@ -31,6 +31,7 @@ import typer
 from schemas import ReportConfig, config_hash, output_address
 from tasks.errors import RnerError
 from tasks.eval_report import percent, png
+from tasks.stage_cli import check_writable
 from tasks.store import Published, Store
 
 Mode = Literal["paper", "strict"]
@@ -183,6 +184,8 @@ def cli_report(
     """Compare models across datasets: F1 per dataset and the average, one row per evaluation."""
     if mode not in ("paper", "strict"):
         raise typer.BadParameter("must be 'paper' or 'strict'", param_hint="--mode")
+    if out is not None:
+        check_writable(out, "--out", folder=True)
     target = Store(store) if store else Store.from_settings()
     comparison = compare(resolve(outputs, target), target, mode)  # type: ignore[arg-type]
     print(comparison.markdown(), end="")

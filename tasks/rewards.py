@@ -12,6 +12,14 @@ columns arrive as keyword lists). The stage weights them 10 : 1, as the paper do
 - ``schema_reward``: 1 when the answer is the paper's shape, ``{"entities": {"<type>": ["<text>", ...]}}``
   (every value a list of strings), and every type it names is in the example's schema (case-insensitively,
   as the metric compares labels); else 0. An example with no schema (open types) accepts any type.
+- ``length_reward`` (off unless ``length_reward_weight`` > 0; not in the paper): a length penalty in [-1, 0]
+  after Kimi k1.5's, applied only where it cannot cost correctness. Within a group (the completions of one
+  example), the completions whose F1 is at least the group's median are penalised by how far their length
+  (tokens) exceeds the shortest of them, relative to the longest of them: ``-(len - shortest) / (longest -
+  shortest)``; the others, and a group whose good completions are all as long, get 0. So among equally good
+  answers the shorter reasoning wins, and a wrong answer never gains by being short. TRL calls a reward with
+  one process's share of the generation batch, so with several training processes "the group" is the part of
+  it this process generated (the whole group on one process).
 
 Usage::
 
@@ -19,11 +27,13 @@ Usage::
     f1_reward([[{"role": "assistant", "content": text}]], example=[example])      # [0.67]
     GRPOTrainer(..., reward_funcs=[partial(f1_reward, empty_match=1.0), schema_reward],
                 args=GRPOConfig(reward_weights=[10.0, 1.0], ...))
+    length_reward(completions, example=examples, completion_ids=ids)   # [0.0, -0.5, -1.0, 0.0] for one group
 """
 
 from __future__ import annotations
 
 import json
+from statistics import median
 from typing import Any
 
 from schemas import NERExample
@@ -45,6 +55,32 @@ def f1_reward(completions: list[Completion], example: list[str], *, empty_match:
         parsed = parse_completion(completion_text(completion), keep_blank=True)  # "type": [""] is a wrong answer
         gold = NERExample.model_validate_json(raw).entities
         rewards.append(f1_score(gold, parsed.mentions, empty_match=empty_match) if parsed.ok else 0.0)
+    return rewards
+
+
+def length_reward(
+    completions: list[Completion],
+    example: list[str],
+    completion_ids: list[list[int]],
+    *,
+    empty_match: float = 1.0,
+    **_: Any,
+) -> list[float]:
+    """Kimi k1.5's length penalty on the completions at least as good as their group's median (module docs).
+    Groups are the completions that share an ``example``; lengths are ``completion_ids``' (TRL passes them)."""
+    f1s = f1_reward(completions, example, empty_match=empty_match)
+    groups: dict[str, list[int]] = {}
+    for i, raw in enumerate(example):
+        groups.setdefault(raw, []).append(i)
+    rewards = [0.0] * len(completions)
+    for members in groups.values():
+        middle = median(f1s[i] for i in members)
+        good = [i for i in members if f1s[i] >= middle]
+        lengths = {i: len(completion_ids[i]) for i in good}
+        shortest, longest = min(lengths.values()), max(lengths.values())
+        if longest > shortest:
+            for i, n in lengths.items():
+                rewards[i] = -(n - shortest) / (longest - shortest)
     return rewards
 
 

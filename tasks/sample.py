@@ -50,8 +50,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from schemas import NERExample, SampleConfig, config_hash, output_address
 from tasks.errors import RnerError
-from tasks.eval_sets import EvalSet, InstructUIERow, instructuie_set, load_entry
-from tasks.jsonl import describe
+from tasks.eval_sets import EvalSet, InstructUIERow, draw, instructuie_set, load_entry
+from tasks.jsonl import describe, without_bom
 from tasks.llm_stage import Progress
 from tasks.stage_cli import stage_main
 from tasks.store import Published, Store
@@ -83,8 +83,8 @@ def load_source(entry: str, store: Store, split: str) -> list[EvalSet]:
 def load_instructuie(folder: Path, split: str) -> EvalSet:
     """``folder/<split>.json`` with ``folder/labels.json`` as one dataset named after the folder."""
     try:
-        rows = _ROWS.validate_json((folder / f"{split}.json").read_bytes())
-        labels = _LABELS.validate_json((folder / "labels.json").read_bytes())
+        rows = _ROWS.validate_json(without_bom((folder / f"{split}.json").read_bytes()))
+        labels = _LABELS.validate_json(without_bom((folder / "labels.json").read_bytes()))
     except (OSError, ValidationError) as e:
         detail = describe(e) if isinstance(e, ValidationError) else str(e)
         raise SampleError(f"{folder}: not an InstructUIE dataset folder: {detail}") from None
@@ -132,12 +132,6 @@ def draw_proportional(
         rng.shuffle(order)
         sample.extend(datasets[name][i] for i in order[:quota])
     return sample
-
-
-def draw(examples: list[NERExample], quota: int, seed: int, name: str) -> list[NERExample]:
-    """``quota`` of the examples, chosen by a generator seeded with (seed, dataset name), in their order."""
-    chosen = random.Random(f"{seed}/{name}").sample(range(len(examples)), quota)
-    return [examples[i] for i in sorted(chosen)]
 
 
 def run(config: SampleConfig, store: Store, *, progress: Progress | None = None) -> Published:

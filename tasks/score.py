@@ -3,7 +3,8 @@
 Gold is NERExample JSONL; predictions are Prediction JSONL (``id`` plus ``entities`` and/or a raw
 ``completion``). Entities without offsets and parsed completions are grounded in the gold text, so
 strict (span) scoring works for both. An example without a prediction counts as predicting nothing;
-a prediction for an id that is not in gold is an error, as is an id given twice.
+a prediction for an id that is not in gold is an error, as is an id given twice, and so is an empty file
+(gold or predictions: a run that wrote nothing, not a model that found nothing).
 
 Usage::
 
@@ -62,7 +63,11 @@ def pair(gold: Sequence[NERExample], predictions: Sequence[Prediction]) -> list[
 
 def score_files(gold_path: str | Path, pred_path: str | Path, mode: Mode = "paper") -> Report:
     gold = read_jsonl(gold_path, NERExample)
+    if not gold:
+        raise ScoreInputError(f"{gold_path}: no gold examples (an empty file?)")
     predictions = read_jsonl(pred_path, Prediction)
+    if not predictions:
+        raise ScoreInputError(f"{pred_path}: no predictions (an empty file?)")
     return score(pair(gold, predictions), mode)
 
 

@@ -16,9 +16,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
-from schemas import Config, Endpoint
-from tasks.config import ConfigError, build_config, load_config
+from schemas import STAGE_CONFIGS, Config, Endpoint
+from tasks.config import MAX_DEPTH, ConfigError, build_config, load_config
 from tasks.errors import RnerError
 from tasks.jsonl import describe
 from tasks.redact import install_log_redaction, redact_url
@@ -36,11 +37,54 @@ def clean_errors() -> Iterator[None]:
     Every command runs in here, so this is where URL credentials leave logs and messages (``tasks.redact``)."""
     install_log_redaction()
     try:
+        check_arguments(sys.argv[1:])
         yield
-    except (RnerError, ValidationError, FileNotFoundError) as e:
-        message = redact_url(describe(e) if isinstance(e, ValidationError) else str(e))
-        err.print(f"[bold red]error:[/] {message}", highlight=False)
+    except (RnerError, ValidationError, OSError) as e:
+        if isinstance(e, OSError) and e.filename is None:
+            raise  # not about a file the user named: a bug, or a failure that needs its traceback
+        message = redact_url(_one_line(e))
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # a path like a[/b] is no markup
         sys.exit(1)
+
+
+def _one_line(e: Exception) -> str:
+    """The message as one line any terminal takes: whitespace runs (newlines in a field name, say) as one space,
+    text that is not Unicode (a lone surrogate from a file or an argument) as backslash escapes."""
+    if isinstance(e, ValidationError):
+        message = describe(e)
+    elif isinstance(e, OSError):  # a file in the way: say which and what, without Python's errno prefix
+        message = f"{e.filename}: {e.strerror}"
+    else:
+        message = str(e)
+    return " ".join(message.split()).encode(errors="backslashreplace").decode()
+
+
+def check_arguments(args: list[str]) -> None:
+    """Command-line arguments must be UTF-8 text: Python turns other bytes into lone surrogates, which no file,
+    record or terminal can take later (``UnicodeEncodeError`` after the work is done)."""
+    for i, arg in enumerate(args, start=1):
+        try:
+            arg.encode()
+        except UnicodeEncodeError as e:
+            raise RnerError(f"argument {i} ({ascii(arg)[:60]}) is not UTF-8 (at character {e.start + 1})") from None
+
+
+def check_writable(path: Path, option: str, *, folder: bool = False) -> None:
+    """Check an output path before any work starts, so no result is lost to it at the end: not a directory (or,
+    with ``folder``, not a file), and in a directory that exists and is writable or can be made (no file in the
+    way)."""
+    want, other = ("directory", "file") if folder else ("file", "directory")
+    if path.exists() and path.is_dir() != folder:
+        raise RnerError(f"{option} {path}: a {other}, not a {want}")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise RnerError(f"{option} {path}: not writable")
+        return
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise RnerError(f"{option} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise RnerError(f"{option} {path}: cannot create it: {existing} is not writable")
 
 
 def print_progress(done: int, total: int, step: str = "") -> None:
@@ -55,8 +99,12 @@ def read_config(cls: type[C], config: Path | None, config_json: str | None, pres
         return load_config(cls, config, preset=preset)
     try:
         data = json.loads(config_json)  # type: ignore[arg-type]
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--config-json is not JSON: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"--config-json: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:  # not JSON, or an integer longer than Python converts (4,300 digits)
+        raise ConfigError(f"--config-json is not JSON: {str(e).split(';')[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config-json: expected a JSON object of {cls.__name__} fields, got {type(data).__name__}")
     return build_config(cls, {"preset": preset, **data} if preset else data, source="--config-json")
 
 
@@ -76,10 +124,8 @@ def run_stage(
     raise_on_sigterm()
     loaded = read_config(cls, config, config_json, preset)
     extra = {"endpoint": endpoint} if endpoint is not None else {}
-    if store:
-        # The process's store from here on: `store:` model references in the config (a CT model to evaluate, a
-        # base to train from) resolve in the store the stage writes to, as they do under a job backend.
-        os.environ["RNER_STORE"] = store
+    # The stage resolves `store:` model references (a CT model to evaluate, a base to train from) in this store,
+    # the one it writes to (``Store.settings``).
     target = Store(store) if store else Store.from_settings()
     published = run(loaded, target, progress=print_progress, **extra)
     print(json.dumps({"address": published.manifest.address, "digest": published.digest}))
@@ -118,11 +164,20 @@ def stage_command(cls: type[C], run: Callable[..., Published]) -> Callable[..., 
     return command
 
 
+def config_help(cls: type[Config]) -> str:
+    """The epilog of a stage command's ``--help``: its config's fields, and where each is explained."""
+    stage = next(name for name, known in STAGE_CONFIGS.items() if known is cls)
+    names = ", ".join(name for name in cls.model_fields if name != "schema_version")
+    return f"Config fields ({cls.__name__}; `rner config show {stage} --fields` says what each means): {names}."
+
+
 def stage_main(cls: type[C], run: Callable[..., Published]) -> Callable[[], Any]:
     """A ``main()`` for ``python -m tasks.<stage>``."""
 
     def main() -> None:
+        app = typer.Typer(add_completion=False)
+        app.command(epilog=config_help(cls))(stage_command(cls, run))
         with clean_errors():
-            typer.run(stage_command(cls, run))
+            app()
 
     return main

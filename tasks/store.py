@@ -155,6 +155,9 @@ class Store:
             self._root = root
         self._swept: set[Path] = set()
         self._warned: set[str] = set()
+        self.settings = settings.model_copy(update={"store": self.url})
+        """The settings the store was opened with, pointing at it: a stage given this store resolves ``store:``
+        model references here (``tasks.models.resolve_model``), whatever ``RNER_STORE`` says."""
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Store:

@@ -245,7 +245,8 @@ def training_arguments(config: TrainConfig, device: Device, workdir: Path) -> di
         "max_steps": c.max_steps or -1,
         "learning_rate": c.learning_rate,
         "lr_scheduler_type": c.lr_scheduler,
-        "warmup_steps": c.warmup_ratio,  # a float below 1 is a fraction of the steps (transformers 5)
+        # An int counts steps, a float below 1 is a fraction of them (transformers 5).
+        "warmup_steps": c.warmup_ratio if c.warmup_steps is None else c.warmup_steps,
         "weight_decay": c.weight_decay,
         "max_grad_norm": c.max_grad_norm,
         "per_device_train_batch_size": c.per_device_batch_size,

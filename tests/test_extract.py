@@ -170,7 +170,7 @@ def test_command_line(server: FaultServer, default_model: Path, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("content", "args", "message"),
     [
-        (None, ["--labels", " , ", "--text", "Ada"], "passage 'text': no entity types"),
+        (None, ["--labels", " , ", "--text", "Ada"], "--labels: no entity types"),
         (None, ["--labels", "person"], "give --text or --input"),
         (b'{"id": "a", "text": "Ada"}\n{"id": "b", "text": \n', ["--labels", "person"], r"in\.jsonl:2: invalid JSON"),
         (
