@@ -86,7 +86,7 @@ def main() -> None:
         extractor = make_extractor(config)
         # What the service sends for each sentence (one chunk each: they are short).
         plan = extractor.plan([Passage(id=ex.id, text=ex.text, labels=ex.labels) for ex in demo])
-        prompts = [extractor.messages(text[s:e], schema) for text, schema, [(s, e)] in plan]
+        prompts = [extractor.messages(text[s:e], schema) for text, schema, [(s, e)], _ in plan]
         sampling = extractor.sampling.model_dump(include={"temperature", "top_p", "max_tokens", "stop"})
         with service_process(config) as service_url:
             run(args, endpoint, service_url, texts, labels, prompts, sampling)

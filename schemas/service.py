@@ -34,7 +34,8 @@ class EntityType(Record):
     name: Name
     """The type, as the answer names it ("person")."""
     definition: OneLine | None = None
-    """What counts as one ("a real or fictional human being"); not used by the prompts yet."""
+    """What counts as one ("a real or fictional human being"): listed under the types in the prompt (the ``rner``
+    instruction; refused for ``paper``, which has no place for it)."""
 
 
 class ExtractOptions(Record):
@@ -81,6 +82,11 @@ class ExtractRequest(Record):
     def names(self) -> tuple[str, ...]:
         """The entity types' names, in the order given."""
         return tuple(label if isinstance(label, str) else label.name for label in self.labels)
+
+    @property
+    def definitions(self) -> dict[str, str]:
+        """The entity types' definitions given, by name."""
+        return {t.name: t.definition for t in self.labels if isinstance(t, EntityType) and t.definition}
 
 
 class TokenUsage(Record):

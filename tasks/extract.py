@@ -61,7 +61,7 @@ import asyncio
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -100,7 +100,10 @@ Count = Callable[[list[str]], list[int]]
 Span = tuple[int, int]
 Key = tuple[int, int, str]
 """An entity found: (start, end, label) in the original text."""
-Job = tuple[str, tuple[str, ...], list[Span]]
+Definitions = tuple[tuple[str, str], ...]
+"""Entity types' one-line meanings, (type, definition) in schema order: part of the prompt."""
+Job = tuple[str, tuple[str, ...], list[Span], Definitions]
+"""One text to extract from: the text, its entity types, its chunks, the types' definitions."""
 """A text to extract from: the text, its entity types, its chunks."""
 
 # A sentence ends after terminal punctuation (and any closing quotes or brackets) followed by whitespace, or
@@ -304,7 +307,7 @@ class Extractor:
         self.max_retries = max_retries
         self._endpoint = self.spec if isinstance(self.spec, Endpoint) else None
         self._stack = ExitStack()
-        self._budgets: dict[tuple[str, ...], int] = {}
+        self._budgets: dict[tuple[tuple[str, ...], Definitions], int] = {}
         self._planning = threading.Lock()
 
     def __enter__(self) -> Self:
@@ -349,10 +352,11 @@ class Extractor:
             return int(self.local.model.config.max_position_embeddings)
         raise ExtractError("give `context_tokens` for an endpoint: the server's context window (--max-model-len)")
 
-    def budget(self, labels: tuple[str, ...]) -> int:
-        """Tokens of text a chunk may have with these entity types in the prompt."""
-        if labels not in self._budgets:
-            prompt = render_prompt(self.tokenizer, self.messages("", labels))
+    def budget(self, labels: tuple[str, ...], definitions: Definitions = ()) -> int:
+        """Tokens of text a chunk may have with these entity types (and definitions) in the prompt."""
+        key = (labels, definitions)
+        if key not in self._budgets:
+            prompt = render_prompt(self.tokenizer, self.messages("", labels, definitions))
             overhead = token_counter(self.tokenizer)([prompt])[0]
             thinking = 0 if self.reasoning_budget is None else self.reasoning_budget + FORCING_TOKENS
             budget = self.context - self.sampling.max_tokens - thinking - overhead - MARGIN_TOKENS
@@ -362,27 +366,35 @@ class Extractor:
                     f"and the answer (max_tokens {self.sampling.max_tokens}, reasoning budget "
                     f"{self.reasoning_budget}); raise the context or lower max_tokens"
                 )
-            self._budgets[labels] = budget
-        return self._budgets[labels]
+            self._budgets[key] = budget
+        return self._budgets[key]
 
-    def messages(self, text: str, labels: Sequence[str]) -> list[Message]:
+    def messages(self, text: str, labels: Sequence[str], definitions: Definitions = ()) -> list[Message]:
         """The request for one chunk, in the instruction the extractor asks with."""
-        return ner_messages(text, labels, prompt=self.prompt, with_cot=self.with_cot)
+        return ner_messages(
+            text, labels, prompt=self.prompt, with_cot=self.with_cot, definitions=dict(definitions) or None
+        )
 
-    def chunks(self, text: str, labels: tuple[str, ...]) -> list[Span]:
-        budget = self.budget(labels)
+    def chunks(self, text: str, labels: tuple[str, ...], definitions: Definitions = ()) -> list[Span]:
+        budget = self.budget(labels, definitions)
         overlap = self.overlap_tokens if self.overlap_tokens is not None else min(budget // 4, MAX_OVERLAP_TOKENS)
         return plan_chunks(text, token_counter(self.tokenizer), budget, overlap)
 
     def extract(
-        self, items: Sequence[str | Passage], labels: Sequence[str] = (), *, progress: Progress | None = None
+        self,
+        items: Sequence[str | Passage],
+        labels: Sequence[str] = (),
+        *,
+        definitions: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
     ) -> list[Extraction]:
-        """One ``Extraction`` per item, in order; every chunk of every item is generated in one batch."""
+        """One ``Extraction`` per item, in order; every chunk of every item is generated in one batch.
+        ``definitions``: one-line meanings of entity types, put in the prompt wherever their type is asked."""
         if not isinstance(self.spec, TransformersRunner):
             if self._endpoint is None:
                 raise ExtractError("a VLLMLaunch model is served for a block: use `with Extractor(...) as extractor:`")
-            return asyncio.run(self._extract_on(self._endpoint, items, labels, progress))
-        jobs = self.plan(items, labels)
+            return asyncio.run(self._extract_on(self._endpoint, items, labels, definitions, progress))
+        jobs = self.plan(items, labels, definitions)
         conversations = self._conversations(jobs)
         done = 0
 
@@ -406,13 +418,14 @@ class Extractor:
         *,
         client: LLMClient,
         sampling: SamplingParams | None = None,
+        definitions: Mapping[str, str] | None = None,
         progress: Progress | None = None,
     ) -> list[Extraction]:
         """``extract`` on a client the caller holds (the service shares one, and its concurrency limit, across
         requests), with ``sampling`` instead of the extractor's greedy decoding if given. Chunks are planned in
         a worker thread (tokenizing long texts must not stall the event loop), one plan at a time (a fast
         tokenizer is not safe to call from two threads at once)."""
-        jobs = await asyncio.to_thread(self._plan_alone, items, labels)
+        jobs = await asyncio.to_thread(self._plan_alone, items, labels, definitions)
         conversations = self._conversations(jobs)
         done = 0
         if progress:
@@ -428,8 +441,14 @@ class Extractor:
 
         return self._merged(jobs, list(await asyncio.gather(*(one(m) for m in conversations))))
 
-    def plan(self, items: Sequence[str | Passage], labels: Sequence[str] = ()) -> list[Job]:
-        """Each item's text, entity types and chunks; an item without entity types raises ``ExtractError``."""
+    def plan(
+        self, items: Sequence[str | Passage], labels: Sequence[str] = (), definitions: Mapping[str, str] | None = None
+    ) -> list[Job]:
+        """Each item's text, entity types, chunks and definitions; an item without entity types raises
+        ``ExtractError``, and so do definitions for the paper's instruction (it has no place for them)."""
+        meanings = {label.strip(): definition for label, definition in (definitions or {}).items()}
+        if meanings and self.prompt == "paper":
+            raise ExtractError("definitions: the paper instruction has no place for entity-type definitions")
         jobs: list[Job] = []
         for i, item in enumerate(items):
             text, own = (item, ()) if isinstance(item, str) else (item.text, item.labels)
@@ -437,21 +456,24 @@ class Extractor:
             if not schema:
                 where = f"text {i}" if isinstance(item, str) else f"passage {item.id!r}"
                 raise ExtractError(f"{where}: no entity types to extract (give labels, e.g. ['person', 'location'])")
-            jobs.append((text, schema, self.chunks(text, schema)))
+            defined = tuple((label, meanings[label]) for label in schema if label in meanings)
+            jobs.append((text, schema, self.chunks(text, schema, defined), defined))
         return jobs
 
-    def _plan_alone(self, items: Sequence[str | Passage], labels: Sequence[str]) -> list[Job]:
+    def _plan_alone(
+        self, items: Sequence[str | Passage], labels: Sequence[str], definitions: Mapping[str, str] | None
+    ) -> list[Job]:
         with self._planning:
-            return self.plan(items, labels)
+            return self.plan(items, labels, definitions)
 
     def _conversations(self, jobs: list[Job]) -> list[list[Message]]:
-        return [self.messages(text[s:e], schema) for text, schema, chunks in jobs for s, e in chunks]
+        return [self.messages(text[s:e], schema, defined) for text, schema, chunks, defined in jobs for s, e in chunks]
 
     @staticmethod
     def _merged(jobs: list[Job], answers: list[tuple[str, int, int]]) -> list[Extraction]:
         """The answers (text, prompt tokens, completion tokens), chunk after chunk, merged per item."""
         results, rest = [], iter(answers)
-        for text, schema, chunks in jobs:
+        for text, schema, chunks, _ in jobs:
             mine = [next(rest) for _ in chunks]
             merged = merge(text, schema, chunks, [answer for answer, _, _ in mine])
             usage = {"prompt_tokens": sum(p for _, p, _ in mine), "completion_tokens": sum(c for _, _, c in mine)}
@@ -459,12 +481,17 @@ class Extractor:
         return results
 
     async def _extract_on(
-        self, endpoint: Endpoint, items: Sequence[str | Passage], labels: Sequence[str], progress: Progress | None
+        self,
+        endpoint: Endpoint,
+        items: Sequence[str | Passage],
+        labels: Sequence[str],
+        definitions: Mapping[str, str] | None,
+        progress: Progress | None,
     ) -> list[Extraction]:
         async with LLMClient(
             endpoint, concurrency=self.concurrency, timeout_s=self.request_timeout_s, max_retries=self.max_retries
         ) as client:
-            return await self.extract_async(items, labels, client=client, progress=progress)
+            return await self.extract_async(items, labels, client=client, definitions=definitions, progress=progress)
 
 
 def clean_labels(labels: Sequence[str]) -> tuple[str, ...]:

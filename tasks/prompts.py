@@ -38,7 +38,7 @@ Usage::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from schemas import Mention, sha256_hex
@@ -146,18 +146,26 @@ def ner_messages(
     prompt: PromptStyle = "rner",
     with_cot: bool = True,
     source: str | None = None,
+    definitions: Mapping[str, str] | None = None,
 ) -> list[Message]:
     """The user turn asking for entities of ``labels`` in ``text`` (any types when ``labels`` is empty).
 
     ``with_cot``: whether the model is to reason before it answers (ours asks for it or not; the paper's
     instruction is the same either way). ``source``: the paper instruction's optional first line naming the
-    dataset (the released ``add_source``)."""
+    dataset (the released ``add_source``). ``definitions``: a one-line meaning for some of the ``labels``,
+    listed under them in ours ("What the types mean:"); the paper's instruction has no place for them."""
     if prompt == "paper":
+        if definitions:
+            raise ValueError("definitions: the paper instruction has no place for entity-type definitions")
         return [{"role": "user", "content": paper_instruction(text, labels, source=source)}]
     if source is not None:
         raise ValueError("source: only the paper instruction names the dataset (the released add_source)")
     template = instruction_template(prompt, with_cot=with_cot)
     types = ", ".join(labels) if labels else OPEN_TYPES
+    if definitions:
+        types += "\n\nWhat the types mean:" + "".join(
+            f"\n- {label}: {' '.join(definitions[label].split())}" for label in labels if label in definitions
+        )
     return [{"role": "user", "content": template.format(types=types, text=text)}]
 
 

@@ -57,7 +57,6 @@ from pydantic import ValidationError
 
 from schemas import Endpoint
 from schemas.service import (
-    EntityType,
     ErrorResponse,
     ExtractRequest,
     ExtractResponse,
@@ -289,8 +288,6 @@ def _check(body: ExtractRequest, config: ServeConfig) -> tuple[tuple[str, ...], 
         raise ServiceError(
             422, f"texts: {len(texts)} texts, over the limit of {config.max_batch} (max_batch)", "too_large"
         )
-    if any(isinstance(label, EntityType) and label.definition for label in body.labels):
-        raise ServiceError(422, "labels: definitions are not supported by the prompts yet", "unsupported")
     return labels, texts
 
 
@@ -305,7 +302,9 @@ async def _extract(
     sampling = extractor.sampling.model_copy(update={"temperature": body.options.temperature})
     try:
         async with asyncio.timeout(config.request_timeout_s):
-            found = await extractor.extract_async(texts, labels, client=client, sampling=sampling)
+            found = await extractor.extract_async(
+                texts, labels, client=client, sampling=sampling, definitions=body.definitions
+            )
     except TimeoutError:
         raise ServiceError(504, f"not answered within {config.request_timeout_s:g} s", "timeout") from None
     except ExtractError as e:

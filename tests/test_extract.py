@@ -129,6 +129,20 @@ def test_an_unreadable_answer_is_an_empty_result_not_an_error(default_model: Pat
     assert prediction.entities == () and prediction.parse_error == found.failures[0]
 
 
+def test_definitions_go_into_the_prompt_under_their_types(extractor: Extractor, server: FaultServer) -> None:
+    text = "Ada Vex met Bo Lind in the hall."
+    [plain] = extractor.extract([text], ["person"])
+    meanings = {" person ": "a real or\nfictional human being", "city": "not asked for"}
+    [defined] = extractor.extract([text], ["person"], definitions=meanings)
+    assert defined.entities == plain.entities
+    [prompt] = [p for p in server.attempts if "What the types mean:" in p and text in p]
+    assert "Entity types: person\n\nWhat the types mean:\n- person: a real or fictional human being\n\nText: " in prompt
+    assert "- city:" not in prompt  # only the types asked for
+    paper = Extractor(server.endpoint, tokenizer=extractor.tokenizer_ref, context_tokens=CONTEXT, prompt="paper")
+    with pytest.raises(ExtractError, match=r"^definitions: the paper instruction has no place"):
+        paper.extract([text], ["person"], definitions={"person": "a human"})
+
+
 def test_requests_that_cannot_be_served_are_clear_errors(extractor: Extractor, server: FaultServer) -> None:
     with pytest.raises(ExtractError, match="text 0: no entity types"):
         extractor.extract(["Ada Vex", "Bo Lind"], [" ", ""])
