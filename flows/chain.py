@@ -10,8 +10,8 @@ Usage (inside a flow)::
     data = training_data(["datasets/ner-cot/v3", "demo:cot"], store, backend)
     ct = train(sft, data, store, backend)
     sample, re = reinforce(ct, sample_config, grpo, store, backend)
-    evals = evaluate_models({"CT": ct, "RE": re}, evaluate, store, backend)
-    report, table = publish_report("pipeline", "zero-shot F1, CT vs RE", evals, store)
+    evals = evaluate_models({"Base": sft.model, "CT": ct, "RE": re}, evaluate, store, backend)
+    report, table = publish_report("pipeline", "zero-shot F1: base, CT, RE", evals, store)
 """
 
 from __future__ import annotations
@@ -73,12 +73,14 @@ def reinforce(
 
 
 def evaluate_models(
-    models: Mapping[str, Published], evaluate: EvalConfig, store: Store, backend: JobBackend
+    models: Mapping[str, Published | str], evaluate: EvalConfig, store: Store, backend: JobBackend
 ) -> dict[str, Published]:
-    """Each model (by its row label) evaluated as ``evaluate`` says, with ``evaluate.model``'s kind of runner."""
+    """Each model (by its row label) evaluated as ``evaluate`` says, with ``evaluate.model``'s kind of runner: a
+    trained model as published, or a model reference (the base model a flow started from)."""
     evals = {}
     for name, model in models.items():
-        generator = evaluate.model.model_copy(update={"model": STORE_SCHEME + model.manifest.address})
+        reference = model if isinstance(model, str) else STORE_SCHEME + model.manifest.address
+        generator = evaluate.model.model_copy(update={"model": reference})
         config = evaluate.model_copy(update={"model": generator})
         evals[name] = step("evaluate", config, store, backend, label=f"evaluate-{name.lower()}")
     return evals
@@ -86,8 +88,9 @@ def evaluate_models(
 
 def publish_report(name: str, title: str, evals: Mapping[str, Published], store: Store) -> tuple[Published, str]:
     """The flow's comparison table (``tasks.report``: reading a few metrics files, drawing one chart): published,
-    shown as the run's ``<name>-report`` artifact; (the report output, the table as markdown)."""
+    shown as the run's ``<name>-report`` artifact; (the report output, the table and its notes as markdown)."""
     config = ReportConfig(title=title, evals={label: p.manifest.address for label, p in evals.items()})
     published = report.publish(config, store)
     show_output(name, published, store)
-    return published, report.compare(evals, store).markdown()
+    comparison = report.compare(evals, store)
+    return published, comparison.markdown() + "".join(f"\n- {line}" for line in comparison.notes())

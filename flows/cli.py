@@ -35,6 +35,8 @@ from tasks.settings import Settings
 from tasks.store import Store
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from prefect import Flow
 
     from schemas import Config
@@ -216,9 +218,29 @@ def run_on_server(flow: "Flow[..., dict[str, Any]]", config: "Config", store: St
             continue
         for label, address in value.items() if isinstance(value, dict) else [("", value)]:
             out.print(f"  {f'{name} {label}'.strip():<24} {store.uri(address)}", soft_wrap=True, highlight=False)
+    out.print("\n[bold]time per stage[/]")
+    for name, ended, seconds in stage_times(state.state_details.flow_run_id):
+        took = "-" if seconds is None else f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+        out.print(f"  {name:<24} {took:>6}  {ended}", highlight=False)
     out.print("\n[bold]F1 per dataset (paper metric)[/]")
     out.print(Markdown(result["comparison"]))
     out.print(f"\n[bold]Prefect UI:[/] {run_page}\n(the server keeps running; `rner down` stops it)")
+
+
+def stage_times(flow_run_id: "UUID") -> list[tuple[str, str, float | None]]:
+    """Each task run of a flow run in the order they started: (task, final state, seconds it ran; None when it
+    did not run, e.g. a cache hit). A stage's time includes the servers it started (CG's annotate: vLLM's)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    times = []
+    for run in sorted(runs, key=lambda r: r.expected_start_time or r.created):  # type: ignore[arg-type, return-value]
+        ran = run.start_time is not None and run.end_time is not None
+        seconds = (run.end_time - run.start_time).total_seconds() if ran else None  # type: ignore[operator]
+        times.append((run.name.rsplit("-", 1)[0], run.state.name if run.state else "?", seconds))
+    return times
 
 
 def pipeline(
@@ -241,6 +263,13 @@ def pipeline(
     if loaded.cg.input == DEMO_PASSAGES and not target.list(DEMO_PASSAGES):
         out.print(f"seeding the demo passages into {target.uri(DEMO_PASSAGES)}")
         seed_passages(target, DEMO_PASSAGES)
+    if not loaded.sft.with_cot:
+        out.print(
+            "answers alone: this run trains and evaluates without reasoning (with_cot: false), the path that fits a "
+            "CPU demo; reasoning chains take ~4x the tokens to train on and to generate. The method with reasoning: "
+            '--config with sft, grpo and evaluate with_cot: true (README, "The demo").',
+            highlight=False,
+        )
     run_on_server(pipeline_flow, loaded, target, port)
 
 

@@ -27,6 +27,7 @@ from schemas import (
 )
 from schemas.jobs import IMAGE_VERSION, DockerJob, KubernetesJob
 from schemas.recipes import PAPER_DATA
+from schemas.rollout import RolloutConfig
 from tasks.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,6 +201,17 @@ DEPLOYMENTS = (
         "flows/stage_flows.py:evaluate",
         "The paper's Table 1 suite on a vLLM server: set `model.model` and `suite_root` (InstructUIE folders).",
         {"config": EvalConfig.preset("paper", suite_root=SUITE_ROOT)},
+    ),
+    Deployment(
+        "serve-rollout-kubernetes",
+        "flows/serve_rollout.py:serve_rollout",
+        "Serve an evaluated model on the extraction service's Deployment (`rner k8s render-service`), pod by pod, "
+        "once its evaluation passes the gate: set `evaluation` (an `rner eval` output) and `min_f1`.",
+        {
+            "config": RolloutConfig(evaluation="evals/evaluate/set-this", min_f1=0.5),
+            "backend": KubernetesJob(namespace="rner"),
+        },
+        pool=KUBERNETES,
     ),
     Deployment(
         "cg-refresh",

@@ -1,10 +1,11 @@
-"""The whole method as one flow: CG → CT → RE → zero-shot evaluation of both trained models.
+"""The whole method as one flow: CG → CT → RE → zero-shot evaluation of the base model and both trained ones.
 
 Every stage is a cached job (``flows.stages``), chained through the store: CG's NER-CoT version (mixed
 with ``extra_cot`` when given) trains the CT model; the RE sample and the CT model train the RE model
-with GRPO; both models are evaluated on the same eval sets. A retry of a failed run, or a new run with
-the same inputs, finds the finished stages as cache hits. The run ends with a comparison report (F1 per
-dataset, CT vs RE; ``tasks.report``), published and shown as an artifact, and returns where everything is.
+with GRPO; the base model CT started from (``evaluate_base``), the CT model and the RE model are evaluated
+on the same eval sets. A retry of a failed run, or a new run with the same inputs, finds the finished
+stages as cache hits. The run ends with a comparison report (F1 per dataset, one row per model;
+``tasks.report``), published and shown as an artifact, and returns where everything is.
 
 Usage::
 
@@ -35,8 +36,10 @@ def pipeline(
     data = training_data((cot.manifest.address, *config.extra_cot), target, backend)
     ct = train(config.sft, data, target, backend)
     sample, re = reinforce(ct, config.sample, config.grpo, target, backend)
-    evals = evaluate_models({"CT": ct, "RE": re}, config.evaluate, target, backend)
-    report, table = publish_report("pipeline", "Zero-shot F1 per dataset: CT vs RE", evals, target)
+    models = {"Base": config.sft.model} if config.evaluate_base else {}
+    evals = evaluate_models({**models, "CT": ct, "RE": re}, config.evaluate, target, backend)
+    title = f"Zero-shot F1 per dataset: {' vs '.join(evals)}"
+    report, table = publish_report("pipeline", title, evals, target)
     return {
         "store": target.url,
         "dataset": cot.manifest.address,

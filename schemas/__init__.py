@@ -49,6 +49,7 @@ from schemas.records import (
     RejectReason,
     SamplingParams,
 )
+from schemas.rollout import RolloutConfig
 from schemas.service import ExtractRequest, ExtractResponse, ServeConfig
 
 RECORD_TYPES: dict[str, type[Record]] = {
@@ -61,7 +62,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     **RECORD_TYPES,
     **{m.__name__: m for m in STAGE_CONFIGS.values()},
     **{m.__name__: m for m in (*RECIPES.values(), RecipeEval, ReportConfig)},
-    **{m.__name__: m for m in (ExtractRequest, ExtractResponse, ServeConfig)},
+    **{m.__name__: m for m in (ExtractRequest, ExtractResponse, ServeConfig, RolloutConfig)},
 }
 """Every model ``rner schemas export`` writes a JSON Schema for."""
 

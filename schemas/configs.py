@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
@@ -225,12 +226,20 @@ class AnnotateConfig(LLMStage):
     """
 
     VOLATILE = LLMStage.VOLATILE | {"only"}
+    ADDED = frozenset({"samples_per_passage"})
     teacher: Server = VLLMLaunch()
     """The teacher LLM: a running ``endpoint`` or a ``vllm`` server the stage starts."""
     max_passage_chars: PositiveInt = 20_000
     """Longer passages are rejected (``text_too_long``), never truncated."""
     only: Seq[Name] = ()
     """Read just these raw files under ``input`` (the scheduled refresh's new shards); all when empty."""
+    samples_per_passage: PositiveInt = 1
+    """Teacher chains per passage (concise chains). 1 (the paper): one request per passage. N > 1: N requests,
+    sample k (0-based) seeded ``sampling.seed + k`` (``k`` when unseeded), so each is a distinct draw, cached and
+    drawn again alike on a rerun; each chain is a CoT record of id ``<passage id>#<k>`` (``passage_id`` names the
+    passage), validated and judged on its own, and publish keeps per passage the shortest chain that passed both:
+    shortest in reasoning tokens of validate's ``tokenizer`` when it has one, else in characters. Needs
+    ``sampling.temperature`` > 0."""
     PRESETS: ClassVar = {
         "paper": {
             # DeepSeek-R1 does not fit one 8-GPU node, which is all a stage's own vLLM launch has: an endpoint.
@@ -244,6 +253,15 @@ class AnnotateConfig(LLMStage):
         },
         "smoke": {"teacher": CPU_SERVER, "sampling": {"temperature": 0.0, "max_tokens": 256}, **_SMOKE_LLM},
     }
+
+    @model_validator(mode="after")
+    def _samples_differ(self) -> Self:
+        if self.samples_per_passage > 1 and self.sampling.temperature == 0:
+            raise ValueError(
+                f"samples_per_passage: {self.samples_per_passage} samples need sampling.temperature > 0 "
+                "(greedy decoding draws the same chain every time)"
+            )
+        return self
 
 
 class ValidateConfig(Config):
@@ -623,20 +641,23 @@ class SampleConfig(Config):
 
     A dataset is a ``source`` value of the examples: a published ``ner`` output may hold several, an
     InstructUIE folder ``<name>/`` is one (named ``name``). ``allocation`` says how ``total`` is split over the
-    datasets (``datasets`` picks and orders them); each takes at most ``per_dataset_cap``.
+    datasets (``datasets`` picks and orders them); each takes at most ``per_dataset_cap``. ``ids`` take a given
+    subset instead of a drawn one.
     """
 
     VOLATILE = frozenset({"sources"})
+    ADDED = frozenset({"ids"})
     sources: Seq[Name]
     """InstructUIE-layout folders (one ``<name>/{train,dev,test}.json`` + ``labels.json``, or a folder of
     them), ``NERExample`` ``.jsonl`` files, ``demo:<split>``, or addresses of published ``ner`` outputs.
     Pinned by the digests of their content, so where they were read from is not part of the config hash."""
     split: Literal["train", "dev", "test"] = "train"
     """Which split of each source to sample from."""
-    total: PositiveInt
-    """Examples in the sample, over all datasets."""
+    total: PositiveInt | None = None
+    """Examples in the sample, over all datasets. Required unless ``ids`` name the sample (then leave it out, or
+    give their number)."""
     per_dataset_cap: PositiveInt | None = None
-    """At most this many examples from one dataset; ``None``: no cap."""
+    """At most this many examples from one dataset; ``None``: no cap. Not with ``ids``."""
     allocation: Literal["even", "proportional"] = "even"
     """``even`` (ours): ``total`` spread as evenly as the sizes allow, smallest dataset first, each taking at most
     ``per_dataset_cap`` and what it has; what a small dataset cannot give goes to the others, so the sample has
@@ -652,6 +673,10 @@ class SampleConfig(Config):
     """Shuffle the whole sample (seeded), as the released ``--shuffle``; otherwise it comes dataset by dataset."""
     seed: int = 42
     """Seeds the draw (and the shuffle)."""
+    ids: Seq[Name] = ()
+    """Take just these examples (by ``NERExample`` id; InstructUIE examples are ``<folder>-<index>``), in the data's
+    order (dataset by dataset, as ``datasets`` orders them), instead of drawing ``total``; an id that no example of
+    the datasets sampled has, or that several have, is an error. Empty: draw (``total``, ``allocation``)."""
     PRESETS: ClassVar = {
         # The released README's sample_grpo.py run: --max_count 10000 --shuffle, over config/dataset/in_domain.json.
         "paper": {
@@ -670,6 +695,29 @@ class SampleConfig(Config):
         if len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"datasets: each dataset once, not {list(self.datasets)}")
         return self
+
+    @model_validator(mode="after")
+    def _ids_or_a_draw(self) -> Self:
+        _ids_once(self.ids)
+        if not self.ids:
+            if self.total is None:
+                raise ValueError("total: required (the sample's size), unless ids name its examples")
+            return self
+        # ids name the sample: the options of a draw would be ignored, so setting one is a mistake.
+        if self.total is not None and self.total != len(self.ids):
+            raise ValueError(f"total {self.total} and {len(self.ids)} ids: ids name the sample; leave total out")
+        if self.per_dataset_cap is not None:
+            raise ValueError("per_dataset_cap: caps a draw, and ids name the sample; leave it out")
+        if self.allocation != "even":
+            raise ValueError(f"allocation {self.allocation!r}: splits a draw, and ids name the sample; leave it out")
+        return self
+
+
+def _ids_once(ids: tuple[str, ...]) -> None:
+    """``ids`` (``ImportConfig``, ``SampleConfig``) may not repeat an id: the repeats are named."""
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise ValueError(f"ids: each id once; repeated: {repeated[:5]}")
 
 
 _FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -748,8 +796,7 @@ class ImportConfig(Config):
             raise ValueError(f"{', '.join(chosen)}: give at most one of fraction, count and ids")
         if chosen and "train" not in self.splits:
             raise ValueError(f"{chosen[0]}: they sample the train split, which `splits` leaves out")
-        if len(set(self.ids)) != len(self.ids):
-            raise ValueError("ids: each id once")
+        _ids_once(self.ids)
         unused = [
             field
             for field, formats in _FORMAT_OPTIONS.items()
@@ -763,6 +810,29 @@ class ImportConfig(Config):
 Rollout = Literal["server", "colocate", "transformers"]
 
 
+class TargetLength(Config):
+    """L1/LCPO's length control (Aggarwal & Welleck 2025): each prompt states a budget of N tokens ("Think for at
+    most N tokens."), N drawn per example from [``min_tokens``, ``max_tokens``], and the reward pays for keeping to
+    it (``tasks.rewards.target_length_reward``)."""
+
+    min_tokens: PositiveInt
+    """Smallest budget stated in a prompt."""
+    max_tokens: PositiveInt
+    """Largest budget stated in a prompt; equal to ``min_tokens``: one fixed budget for every example."""
+    mode: Literal["exact", "max"] = "exact"
+    """``exact`` (L1-Exact): the penalty is the distance |N - tokens| either way; ``max`` (after L1-Max): only
+    the tokens over N count, a shorter completion is not penalised."""
+    weight: PositiveFloat = 0.003
+    """Reward per token of the penalty. L1's 0.0003 against a correctness reward of 1 is 0.003 against F1's
+    weight of 10: 100 tokens off the budget cost as much as 0.03 F1."""
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if self.max_tokens < self.min_tokens:
+            raise ValueError(f"max_tokens {self.max_tokens} is below min_tokens {self.min_tokens}")
+        return self
+
+
 class GRPOConfig(TrainConfig):
     """RE: reinforcement learning with GRPO, reward = 10 * F1 + 1 * schema (TRL GRPOTrainer).
 
@@ -774,7 +844,7 @@ class GRPOConfig(TrainConfig):
     a cut prompt would lose entities its gold still lists.
     """
 
-    ADDED = TrainConfig.ADDED | {"length_reward_weight"}
+    ADDED = TrainConfig.ADDED | {"length_reward_weight", "target_length", "with_cot"}
 
     num_generations: Annotated[int, Field(ge=2)] = 4
     """Completions per prompt: the group whose rewards are compared (G)."""
@@ -790,6 +860,9 @@ class GRPOConfig(TrainConfig):
     """Longest prompt in tokens; longer ones: ``too_long``."""
     max_completion_length: PositiveInt = 256
     """Most tokens one completion may have."""
+    with_cot: bool = True
+    """False asks for the answer alone (``tasks.prompts``), as a CT model trained with ``with_cot: false`` was
+    taught; the rewards score the answer either way."""
     temperature: PositiveFloat = 1.0
     """Sampling temperature of the rollouts."""
     loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo"] = "dapo"
@@ -815,6 +888,11 @@ class GRPOConfig(TrainConfig):
     completions whose F1 is at least their group's median, by how far they exceed the shortest of those).
     0 (the default, and the paper) leaves it out. Keep it below ``f1_reward_weight`` times the smallest F1
     difference worth more than any length: 1 against F1's 10 trades at most 0.1 F1 for length."""
+    target_length: TargetLength | None = None
+    """L1/LCPO target-length mode: a token budget stated in each prompt (drawn per example with ``seed``) and a
+    reward for keeping to it; ``None`` (the default, and the paper): off. Not together with
+    ``length_reward_weight`` (one length reward at a time). Evaluate such a model with the budget stated too
+    (``EvalConfig.state_budget``)."""
     empty_match_f1: Annotated[float, Field(ge=0, le=1)] = 1.0
     """F1 when gold and prediction are both empty. The released code uses 0.0; 1.0 (nothing to find,
     nothing found) is our default."""
@@ -925,6 +1003,14 @@ class GRPOConfig(TrainConfig):
         return {**data, "rollout_gpus": 1, "parallel": parallel, "global_batch_size": batch // processes * trainers}
 
     @model_validator(mode="after")
+    def _one_length_reward(self) -> Self:
+        if self.target_length is not None and self.length_reward_weight > 0:
+            raise ValueError("target_length: one length reward at a time; set length_reward_weight to 0 with it")
+        if self.target_length is not None and not self.with_cot:
+            raise ValueError("target_length: with_cot is false (a model that answers alone has no thinking to budget)")
+        return self
+
+    @model_validator(mode="after")
     def _server_has_gpus(self) -> Self:
         if (self.rollout == "server") != (self.rollout_gpus > 0):
             raise ValueError("rollout_gpus > 0 goes with rollout: server (the GPUs its vLLM server runs on), only")
@@ -952,7 +1038,7 @@ class EvalConfig(Config):
     """
 
     VOLATILE = frozenset({"datasets", "suite_root", "concurrency", "request_timeout_s", "max_retries"})
-    ADDED = frozenset({"reasoning_budget"})
+    ADDED = frozenset({"reasoning_budget", "state_budget"})
     model: Generator = TransformersRunner()
     """The model to evaluate: a running ``endpoint``, a ``vllm`` server the stage starts, or ``transformers`` in
     process."""
@@ -988,6 +1074,9 @@ class EvalConfig(Config):
     closed ``</think>`` by then, its reasoning is cut there and the answer generated after it, in up to
     ``sampling.max_tokens`` more. 0 answers with an empty think block; ``None``, no budget. Needs
     ``with_cot``."""
+    state_budget: bool = False
+    """Also state ``reasoning_budget`` at the end of the prompt ("Think for at most N tokens.",
+    ``tasks.prompts.BUDGET_STATEMENT``): how a model trained with GRPO ``target_length`` was asked."""
     shard_size: PositiveInt = 64
     """Examples per output shard; a resumed run skips finished shards."""
     concurrency: PositiveInt = 256
@@ -1025,6 +1114,8 @@ class EvalConfig(Config):
     def _budget_applies(self) -> Self:
         if self.reasoning_budget is not None and not self.with_cot:
             raise ValueError("reasoning_budget: with_cot is false (the model answers without reasoning)")
+        if self.state_budget and self.reasoning_budget is None:
+            raise ValueError("state_budget: give reasoning_budget, the budget to state in the prompt")
         return self
 
 
@@ -1045,6 +1136,7 @@ class PipelineConfig(Config):
     """
 
     VOLATILE = frozenset({"extra_cot"})
+    ADDED = frozenset({"evaluate_base"})
     cg: CGConfig
     """CG: the NER-CoT data from the raw passages."""
     extra_cot: Seq[Name] = ()
@@ -1058,15 +1150,30 @@ class PipelineConfig(Config):
     """RE: GRPO from the CT model on the sample (``dataset`` and ``model`` are set by the flow)."""
     evaluate: EvalConfig
     """Zero-shot evaluation of the CT and RE models (``model``'s kind is kept, its model set by the flow)."""
+    evaluate_base: bool = True
+    """Evaluate the model CT starts from (``sft.model``) the same way, as the first row of the report: what the
+    training added is the difference to it."""
     PRESETS: ClassVar = {
+        # The demo (`make demo`, <= 15 min on 2 cores): on answers alone, since a 135M model's reasoning chains
+        # take ~4x the tokens to train on and to generate at each of the three evaluations. 32 steps of 4 (3.6
+        # epochs of the 36 demo passages) at 1e-4 teach the answer format and most entities (the base model
+        # answers in prose: F1 0); BENCHMARKS.md has the measured run.
         "smoke": {
             "cg": CGConfig.PRESETS["smoke"] | {"input": DEMO_PASSAGES},
             "extra_cot": ["demo:cot"],
-            "sft": SFTConfig.PRESETS["smoke"],
+            "sft": SFTConfig.PRESETS["smoke"]
+            | {"with_cot": False, "max_steps": 32, "learning_rate": 1e-4, "warmup_steps": 2, "logging_steps": 4},
             "sample": SampleConfig.PRESETS["smoke"],
-            "grpo": GRPOConfig.PRESETS["smoke"],
-            # One example per demo dataset: a CPU evaluation costs ~1 min per batch of 8 (256 tokens each).
-            "evaluate": EvalConfig.PRESETS["smoke"] | {"max_examples": 1},
+            # Answers are ~50 tokens (longest ~90): room for them, so that a cut answer is not what RE learns from.
+            "grpo": GRPOConfig.PRESETS["smoke"] | {"with_cot": False, "max_completion_length": 128},
+            # The whole demo test set (18 passages, 3 per domain) in one batch; an answer fits in 128 tokens.
+            "evaluate": EvalConfig.PRESETS["smoke"]
+            | {
+                "with_cot": False,
+                "max_examples": None,
+                "sampling": {"max_tokens": 128},
+                "model": {"kind": "transformers", "batch_size": 18},
+            },
         },
         "paper": {
             "cg": CGConfig.PRESETS["paper"],
@@ -1085,6 +1192,14 @@ class PipelineConfig(Config):
     @model_validator(mode="after")
     def _evaluate_can_load_trained_models(self) -> Self:
         check_loads_trained_models(self.evaluate)
+        return self
+
+    @model_validator(mode="after")
+    def _one_answer_form(self) -> Self:
+        forms = {"sft": self.sft.with_cot, "grpo": self.grpo.with_cot, "evaluate": self.evaluate.with_cot}
+        if len(set(forms.values())) > 1:
+            given = ", ".join(f"{stage}.with_cot {value}".lower() for stage, value in forms.items())
+            raise ValueError(f"with_cot: {given}; RE and the evaluations ask the CT model as it was trained")
         return self
 
 

@@ -140,6 +140,10 @@ class CoTRecord(Passage):
     completion: str
     parse_error: str | None = None
     teacher: Generation
+    passage_id: Annotated[Name | None, Field(exclude_if=lambda passage: passage is None)] = None
+    """The passage's id when the teacher was sampled several times per passage (annotate's
+    ``samples_per_passage``; ``id`` is then ``<passage id>#<k>``); ``None`` otherwise, and then left out of
+    serialization, so records of one sample per passage keep their bytes."""
 
     @model_validator(mode="after")
     def _entities_grounded(self) -> Self:

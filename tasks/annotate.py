@@ -6,7 +6,9 @@ validated before any request is sent, so a malformed file fails with ``file:line
 Passages with empty text are skipped and counted; longer than ``max_passage_chars`` are rejected with
 ``text_too_long`` (never truncated). Each remaining passage gets one request with the teacher prompt
 (``tasks.prompts.teacher_messages``); the completion is parsed and grounded into a ``CoTRecord`` — parse
-failures are kept as records with ``parse_error`` set, for validate to count.
+failures are kept as records with ``parse_error`` set, for validate to count. With ``samples_per_passage`` N > 1
+each passage gets N requests, differing only by seed (``draws``), and N records ``<passage id>#<k>``; publish
+keeps the shortest that passes.
 
 Output (``cot/raw/annotate/<hash>``): CoTRecord shards, a rejects file, stats with token usage.
 
@@ -20,8 +22,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from schemas import AnnotateConfig, CoTRecord, Endpoint, InputRef, Passage, Rejection, config_hash, output_address
+from schemas import (
+    AnnotateConfig,
+    CoTRecord,
+    Endpoint,
+    InputRef,
+    Passage,
+    Rejection,
+    SamplingParams,
+    config_hash,
+    output_address,
+)
 from schemas.base import sha256_hex
 from tasks.jsonl import parse_lines
 from tasks.llm import ChatResult
@@ -81,11 +94,36 @@ def screen(passages: list[Passage], max_chars: int) -> tuple[list[Passage], list
     return keep, rejects
 
 
-def cot_record(passage: Passage, result: ChatResult, model: str, config: AnnotateConfig) -> CoTRecord:
+@dataclass(frozen=True)
+class Draw:
+    """One teacher request: a passage and which of its samples (``None``: its only one, asked as ever)."""
+
+    passage: Passage
+    sample: int | None = None
+
+    def sampling(self, config: AnnotateConfig) -> SamplingParams:
+        """The config's sampling, seeded ``seed + k`` for sample k: the samples of a passage must be distinct
+        requests (one request key would replay one answer N times) and drawn again alike on a rerun."""
+        if self.sample is None:
+            return config.sampling
+        return config.sampling.model_copy(update={"seed": (config.sampling.seed or 0) + self.sample})
+
+
+def draws(passages: Sequence[Passage], samples: int) -> list[Draw]:
+    """The requests for ``samples`` chains per passage, a passage's samples side by side (in one shard as far as
+    the shard size allows); one per passage, unnumbered, for a single sample."""
+    if samples == 1:
+        return [Draw(p) for p in passages]
+    return [Draw(p, k) for p in passages for k in range(samples)]
+
+
+def cot_record(draw: Draw, result: ChatResult, model: str, config: AnnotateConfig) -> CoTRecord:
+    passage = draw.passage
     parsed = parse_completion(result.text)
     grounded = ground(passage.text, parsed.mentions)
     return CoTRecord(
-        id=passage.id,
+        id=passage.id if draw.sample is None else f"{passage.id}#{draw.sample}",
+        passage_id=None if draw.sample is None else passage.id,
         text=passage.text,
         labels=passage.labels,
         source=passage.source,
@@ -94,7 +132,7 @@ def cot_record(passage: Passage, result: ChatResult, model: str, config: Annotat
         ungrounded=grounded.ungrounded,
         completion=result.text,
         parse_error=None if parsed.ok else f"{parsed.reason}: {parsed.detail}",
-        teacher=result.generation(model, config.sampling),
+        teacher=result.generation(model, draw.sampling(config)),
     )
 
 
@@ -113,17 +151,19 @@ def run(
     if (published := out.published()) is not None:
         return published
     keep, rejects = screen(passages, config.max_passage_chars)
-    if pending_shards(out, keep, config.shard_size):
+    requests = draws(keep, config.samples_per_passage)
+    if pending_shards(out, requests, config.shard_size):
         with serving(config.teacher, endpoint, settings=store.settings) as ep:
             map_requests(
                 out,
-                keep,
+                requests,
                 config=config,
                 endpoint=ep,
-                messages=lambda p: teacher_messages(p.text, p.labels),
-                build=lambda p, r: cot_record(p, r, ep.model, config),
+                messages=lambda d: teacher_messages(d.passage.text, d.passage.labels),
+                build=lambda d, r: cot_record(d, r, ep.model, config),
                 record_type=CoTRecord,
                 progress=progress,
+                sampling=lambda d: d.sampling(config),
             )
     shards, records, usage = collect_shards(out, lambda r: r.teacher)
     stats = {

@@ -43,7 +43,7 @@ class ConfigError(RnerError, ValueError):
 
 def load_config(cls: type[C], path: str | Path, *, preset: str | None = None) -> C:
     """The config in ``path``; ``preset`` applies when the file names none."""
-    data = _read_mapping(path, cls.__name__)
+    data = read_mapping(path, cls.__name__)
     if preset:
         data = {"preset": preset, **data}
     return build_config(cls, data, source=str(path))
@@ -101,7 +101,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def stage_of(path: str | Path, stages: dict[str, type[Config]]) -> str:
     """The one stage in ``stages`` whose config has every top-level field of the YAML file at ``path``."""
-    data = _read_mapping(path, "a stage config")
+    data = read_mapping(path, "a stage config")
     keys = set(data) - {"preset"}
     fits = [name for name, cls in stages.items() if keys <= set(cls.model_fields)]
     if len(fits) != 1:
@@ -178,7 +178,7 @@ def _load_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def _read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The YAML mapping in ``path``; any file that is not one is a ``ConfigError`` naming it (and the line)."""
     path = Path(path)
     if path.is_dir():

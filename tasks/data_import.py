@@ -71,7 +71,7 @@ from pydantic import StringConstraints, TypeAdapter, ValidationError
 from schemas import Entity, ImportConfig, InputRef, NERExample, canonical_json, config_hash, sha256_hex
 from schemas.manifest import content_digest
 from tasks.errors import RnerError
-from tasks.eval_sets import DEMO_SCHEME, draw, load_entry
+from tasks.eval_sets import DEMO_SCHEME, draw, load_entry, select_ids
 from tasks.jsonl import describe, dump_jsonl, parse_lines, without_bom
 from tasks.llm_stage import Progress
 from tasks.publish import publish_version
@@ -441,12 +441,7 @@ def _relabel(splits: dict[str, Split], label_map: dict[str, str]) -> dict[str, S
 def _take(config: ImportConfig, split: str, examples: list[NERExample]) -> list[NERExample]:
     """The examples of ``split`` to keep: ``fraction``/``count``/``ids`` of train, at most ``per_dataset_cap``."""
     if split == "train" and config.ids:
-        present = {ex.id for ex in examples}
-        missing = [i for i in config.ids if i not in present]
-        if missing:
-            raise DataImportError(f"ids: {len(missing)} not in the train split, e.g. {missing[:5]}")
-        wanted = set(config.ids)
-        examples = [ex for ex in examples if ex.id in wanted]
+        examples = select_ids(examples, config.ids, "the train split", DataImportError)
     quota = len(examples)
     if split == "train" and config.count is not None:
         if config.count > quota:

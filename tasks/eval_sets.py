@@ -33,7 +33,7 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,20 @@ def draw(examples: list[NERExample], quota: int, seed: int, name: str) -> list[N
     """``quota`` of the examples, chosen by a generator seeded with (seed, dataset name), in their order."""
     chosen = random.Random(f"{seed}/{name}").sample(range(len(examples)), quota)
     return [examples[i] for i in sorted(chosen)]
+
+
+def select_ids(examples: list[NERExample], ids: Sequence[str], where: str, error: type[RnerError]) -> list[NERExample]:
+    """The examples named by ``ids``, in their order (``ImportConfig.ids``, ``SampleConfig.ids``). An id that names
+    no example of ``where``, or several, is an ``error`` that names it: a typo or a mix-up must not pass silently."""
+    count = Counter(ex.id for ex in examples)
+    missing = [i for i in ids if i not in count]
+    if missing:
+        raise error(f"ids: {len(missing)} not in {where}, e.g. {missing[:5]}")
+    ambiguous = [i for i in ids if count[i] > 1]
+    if ambiguous:
+        raise error(f"ids: {len(ambiguous)} name several examples of {where}, e.g. {ambiguous[:5]}")
+    wanted = set(ids)
+    return [ex for ex in examples if ex.id in wanted]
 
 
 def select_examples(sets: Iterable[EvalSet], max_examples: int | None, seed: int) -> list[NERExample]:

@@ -45,7 +45,8 @@ data again finds it. Kind ``predictions`` (its data files are Prediction records
 With ``reasoning_budget`` (tokens) every example is budget-forced (``tasks.budget``): the model thinks up to
 the budget, its reasoning is closed there if it has not closed it, and the answer is generated after it.
 Each prediction's ``generation.reasoning_tokens`` is then the count of its thinking tokens (the server's, or
-the in-process generator's), and the report's reasoning column those counts.
+the in-process generator's), and the report's reasoning column those counts. With ``state_budget`` the prompt
+says so too ("Think for at most N tokens."), as GRPO's ``target_length`` trains a model to be asked.
 
 ``stats`` in the manifest repeat the headline numbers (average F1 in both modes, parse-failure rate, mean
 reasoning tokens) for flows and UIs that do not read files.
@@ -88,7 +89,15 @@ from tasks.metrics import Report, paper_labels, score
 from tasks.models import resolve_model
 from tasks.parse import ground, parse_completion
 from tasks.progress import progress_bar
-from tasks.prompts import ANSWER_STOPS, INSTRUCTION, Message, instruction_template, ner_messages, prompt_digest
+from tasks.prompts import (
+    ANSWER_STOPS,
+    BUDGET_STATEMENT,
+    INSTRUCTION,
+    Message,
+    instruction_template,
+    ner_messages,
+    prompt_digest,
+)
 from tasks.score import pair, report_table
 from tasks.settings import Settings
 from tasks.stage_cli import stage_main
@@ -107,16 +116,21 @@ class EvalError(RnerError, ValueError):
 
 def prompt_id(config: EvalConfig) -> str:
     """The digest of the instruction ``config`` asks with: part of the output's address and its report."""
-    return prompt_digest(instruction_template(config.prompt, with_cot=config.with_cot))
+    template = instruction_template(config.prompt, with_cot=config.with_cot)
+    return prompt_digest(template, BUDGET_STATEMENT) if config.state_budget else prompt_digest(template)
 
 
-def messages(example: NERExample, *, prompt: PromptStyle = "rner", with_cot: bool = True) -> list[Message]:
-    """The prompt of one example: its schema without catch-all labels, as the paper's evaluation asks."""
-    return ner_messages(example.text, paper_labels(example.labels), prompt=prompt, with_cot=with_cot)
+def messages(
+    example: NERExample, *, prompt: PromptStyle = "rner", with_cot: bool = True, budget: int | None = None
+) -> list[Message]:
+    """The prompt of one example: its schema without catch-all labels, as the paper's evaluation asks (``budget``:
+    the reasoning budget stated at its end)."""
+    return ner_messages(example.text, paper_labels(example.labels), prompt=prompt, with_cot=with_cot, budget=budget)
 
 
 def config_messages(config: EvalConfig) -> Callable[[NERExample], list[Message]]:
-    return partial(messages, prompt=config.prompt, with_cot=config.with_cot)
+    budget = config.reasoning_budget if config.state_budget else None
+    return partial(messages, prompt=config.prompt, with_cot=config.with_cot, budget=budget)
 
 
 def prediction(example: NERExample, completion: str, generation: Generation | None = None) -> Prediction:

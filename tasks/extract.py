@@ -18,6 +18,7 @@ Usage::
     rner extract --model outputs/qwen3-8b-grpo --vllm --prompt paper --labels person --text "..."
     rner extract --model ner --base-url http://h:8000/v1 --tokenizer /models/ner --context 32768 \\
         --reasoning-budget 128 --labels person --text "..."     # think at most 128 tokens per chunk
+    rner extract --labels person,location --definitions types.yaml --text "..."   # person: a named human being
 
 Reasoning budget. ``reasoning_budget`` (tokens, ``--reasoning-budget``) bounds the thinking of each chunk by
 budget forcing (``tasks.budget``): the reasoning is cut at the budget if the model has not closed it, and the
@@ -26,7 +27,9 @@ reason (not ``with_cot=False``).
 
 The model is asked with the instruction it was trained with: ``prompt`` ``rner`` (ours, the default; with
 ``with_cot=False``, ``--answer-only``, for a model trained on answers alone) or ``paper`` (the released one,
-for the authors' checkpoints); see ``tasks.prompts``.
+for the authors' checkpoints); see ``tasks.prompts``. Entity types may come with one-line definitions
+(``definitions=``, ``--definitions FILE``: a YAML or JSON mapping of type to definition), listed under the types in
+the ``rner`` instruction; the ``paper`` instruction has no place for them and refuses them.
 
 Inputs and outputs. ``extract`` takes texts (with the ``labels`` given) or ``Passage`` records (their own
 ``labels``, else the given ones), batched: every chunk of every text is sent at once, at most ``concurrency``
@@ -71,19 +74,29 @@ from types import TracebackType
 from typing import Annotated, Any, Self
 
 import typer
+from pydantic import ValidationError
 
 from schemas import Endpoint, Entity, Mention, Passage, Prediction, SamplingParams, TransformersRunner, VLLMLaunch
 from schemas.base import MAX_NAME_CHARS
 from schemas.configs import DEFAULT_MODEL, Generator, PromptStyle
+from schemas.service import EntityType
 from tasks.budget import FORCING_TOKENS, ask, budget_complete, check_budget
+from tasks.config import ConfigError, read_mapping
 from tasks.errors import RnerError
-from tasks.jsonl import parse_lines
+from tasks.jsonl import describe, parse_lines
 from tasks.llm import LLMClient
 from tasks.llm_stage import Progress
 from tasks.models import resolve_model
 from tasks.parse import ground, parse_completion
 from tasks.progress import progress_bar
-from tasks.prompts import ANSWER_STOPS, PROMPT_STYLES, Message, ner_messages, render_prompt
+from tasks.prompts import (
+    ANSWER_STOPS,
+    NO_PLACE_FOR_DEFINITIONS,
+    PROMPT_STYLES,
+    Message,
+    ner_messages,
+    render_prompt,
+)
 from tasks.serving import serve
 from tasks.settings import Settings
 from tasks.stage_cli import check_writable, clean_errors
@@ -448,7 +461,7 @@ class Extractor:
         ``ExtractError``, and so do definitions for the paper's instruction (it has no place for them)."""
         meanings = {label.strip(): definition for label, definition in (definitions or {}).items()}
         if meanings and self.prompt == "paper":
-            raise ExtractError("definitions: the paper instruction has no place for entity-type definitions")
+            raise ExtractError(f"definitions: {NO_PLACE_FOR_DEFINITIONS}")
         jobs: list[Job] = []
         for i, item in enumerate(items):
             text, own = (item, ()) if isinstance(item, str) else (item.text, item.labels)
@@ -529,6 +542,30 @@ def read_inputs(path: Path, labels: tuple[str, ...]) -> list[Passage]:
     return passages
 
 
+def read_definitions(path: Path, asked: set[str]) -> dict[str, str]:
+    """The entity-type definitions in ``path``, a YAML (or JSON) mapping of type to a one-line meaning, for types in
+    ``asked``; any other type, an empty or multi-line definition raises naming the file and the type."""
+    try:
+        mapping = read_mapping(path, "entity-type definition")
+    except ConfigError as e:
+        raise ExtractError(str(e)) from None
+    definitions: dict[str, str] = {}
+    for key, value in mapping.items():
+        label = str(key).strip()
+        if label not in asked:
+            raise ExtractError(f"{path}: {label!r}: not an entity type asked for ({', '.join(sorted(asked))})")
+        if not isinstance(value, str) or not value.strip():
+            raise ExtractError(f"{path}: {label!r}: an empty definition (one line: what counts as a {label})")
+        if len(value.strip().splitlines()) > 1:
+            raise ExtractError(f"{path}: {label!r}: a definition of several lines; write it on one line")
+        try:  # the service's contract for a definition (its length), so both refuse the same ones
+            EntityType(name=label, definition=value.strip())
+        except ValidationError as e:
+            raise ExtractError(f"{path}: {label!r}: {describe(e)}") from None
+        definitions[label] = value.strip()
+    return definitions
+
+
 def generator_spec(model: str, base_url: str | None, api_key: str | None, vllm: bool, context: int | None) -> Generator:
     if base_url and vllm:
         raise ExtractError("give --base-url (a running server) or --vllm (start one), not both")
@@ -578,6 +615,12 @@ def cli_extract(
         int | None,
         typer.Option(help="Most tokens of thinking per chunk, then the answer in up to --max-tokens (0: none)."),
     ] = None,
+    definitions_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--definitions", help="YAML/JSON mapping of entity type to a one-line definition, put in the prompt."
+        ),
+    ] = None,
 ) -> None:
     """Extract entities with character offsets: one JSON line (a Prediction) per text."""
     if (text is None) == (input_path is None):
@@ -588,11 +631,16 @@ def cli_extract(
     if output is not None:
         check_writable(output, "--output")  # now: a bad --output found after the extraction would lose it
     items = [Passage(id="text", text=text)] if text is not None else read_inputs(input_path, schema)  # type: ignore[arg-type]
+    definitions = None
+    if definitions_path is not None:
+        definitions = read_definitions(definitions_path, {t for p in items for t in clean_labels(p.labels) or schema})
+        if prompt == "paper":  # now, not once the model is loaded
+            raise ExtractError(f"--definitions: {NO_PLACE_FOR_DEFINITIONS} (it is for --prompt rner)")
     spec = generator_spec(model, base_url, api_key, vllm, context)
     options = {"max_tokens": max_tokens, "context_tokens": context, "tokenizer": tokenizer, "concurrency": concurrency}
     options |= {"prompt": prompt, "with_cot": not answer_only, "reasoning_budget": reasoning_budget}
     with Extractor(spec, **options) as extractor, progress_bar("extracting") as bar:  # type: ignore[arg-type]
-        results = extractor.extract(items, schema, progress=bar)
+        results = extractor.extract(items, schema, definitions=definitions, progress=bar)
     lines = "".join(
         r.prediction(p.id, reasoning=reasoning, raw=show_raw).model_dump_json(exclude_none=True) + "\n"
         for p, r in zip(items, results, strict=True)

@@ -4,7 +4,8 @@ Each example of the RE dataset (a ``ner`` output, e.g. from ``tasks.sample``) be
 prompt, the NER instruction of ``tasks.prompts``; its gold travels beside it, as the ``example`` column,
 to the reward functions of ``tasks.rewards`` (``f1_reward``, with ``empty_match_f1``, and
 ``schema_reward``, weighted ``f1_reward_weight`` : ``schema_reward_weight``; ``length_reward``, a length
-penalty, when ``length_reward_weight`` > 0). TRL logs each reward's
+penalty, when ``length_reward_weight`` > 0; with ``target_length``, L1/LCPO: each prompt states a token budget,
+drawn per example (``target_tokens``), which travels beside it to ``target_length_reward``). TRL logs each reward's
 mean and spread per step; they end up in the training curve and the manifest's final metrics.
 
 Rollouts (``rollout``):
@@ -39,6 +40,7 @@ Usage::
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -50,11 +52,11 @@ import trl
 from transformers import AutoTokenizer
 
 from schemas import GRPOConfig, NERExample
-from schemas.configs import PromptStyle
+from schemas.configs import PromptStyle, TargetLength
 from tasks.launch import ROLLOUT_GPUS_ENV, without_torchrun
 from tasks.metrics import paper_labels
 from tasks.prompts import ner_messages
-from tasks.rewards import f1_reward, length_reward, schema_reward
+from tasks.rewards import f1_reward, length_reward, schema_reward, target_length_reward
 from tasks.serving import HOST, free_port, run_server
 from tasks.settings import Settings
 from tasks.stage_cli import stage_main
@@ -65,10 +67,28 @@ ROLLOUT_STARTUP_S = 1800.0
 CURVES = ("reward", "rewards/f1_reward/mean", "rewards/schema_reward/mean", "loss", "kl", "completions/mean_length")
 
 
-def grpo_example(example: NERExample, *, prompt: PromptStyle = "rner") -> dict[str, Any]:
-    """A prompt (the instruction of ``prompt``, asking for reasoning), and the example itself for the rewards."""
-    messages = ner_messages(example.text, paper_labels(example.labels), prompt=prompt)
-    return {"prompt": messages, "example": example.model_dump_json()}
+def target_tokens(target: TargetLength, example_id: str, seed: int) -> int:
+    """The budget stated to one example: drawn from the range with ``seed`` and the example's id, so each example
+    keeps its budget whatever the order, the processes or a resumed run."""
+    return random.Random(f"{seed}:{example_id}").randint(target.min_tokens, target.max_tokens)
+
+
+def grpo_example(
+    example: NERExample,
+    *,
+    prompt: PromptStyle = "rner",
+    with_cot: bool = True,
+    target: TargetLength | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A prompt (the instruction of ``prompt``, asking for reasoning unless ``with_cot`` is false), and the example
+    itself for the rewards; with a ``target`` length, the budget the prompt states (``target_tokens``), for
+    ``target_length_reward``."""
+    budget = None if target is None else target_tokens(target, example.id, seed)
+    labels = paper_labels(example.labels)
+    messages = ner_messages(example.text, labels, prompt=prompt, with_cot=with_cot, budget=budget)
+    row = {"prompt": messages, "example": example.model_dump_json()}
+    return row if budget is None else {**row, "target_tokens": budget}
 
 
 def rollout_problems(config: GRPOConfig, device: Device) -> list[str]:
@@ -135,17 +155,23 @@ def grpo_arguments(config: GRPOConfig, device: Device, workdir: Path, server_url
 
 def reward_functions(config: GRPOConfig) -> list[Callable[..., list[float]]]:
     """The rewards, in the order of ``reward_weights``: F1 (with ``empty_match_f1``), schema, and the length
-    penalty when it is weighted."""
+    penalty when it is weighted, or the target-length one when ``target_length`` is set."""
     rewards = [partial(f1_reward, empty_match=config.empty_match_f1), schema_reward]
     if config.length_reward_weight > 0:
         rewards.append(partial(length_reward, empty_match=config.empty_match_f1))
+    if config.target_length is not None:
+        rewards.append(partial(target_length_reward, mode=config.target_length.mode))
     return rewards
 
 
 def reward_weights(config: GRPOConfig) -> list[float]:
     """The weights of ``reward_functions``, in their order."""
     weights = [config.f1_reward_weight, config.schema_reward_weight]
-    return [*weights, config.length_reward_weight] if config.length_reward_weight > 0 else weights
+    if config.length_reward_weight > 0:
+        weights.append(config.length_reward_weight)
+    if config.target_length is not None:
+        weights.append(config.target_length.weight)
+    return weights
 
 
 def run(
@@ -171,7 +197,13 @@ def run(
         training.fetch_checkpoint()
         tokenizer = AutoTokenizer.from_pretrained(training.base.path, padding_side="left")
         dataset = training.dataset(
-            partial(grpo_example, prompt=config.prompt),
+            partial(
+                grpo_example,
+                prompt=config.prompt,
+                with_cot=config.with_cot,
+                target=config.target_length,
+                seed=config.seed,
+            ),
             lambda row: count_tokens(tokenizer, row["prompt"], add_generation_prompt=True),
             config.max_prompt_length,
             config.too_long,

@@ -25,7 +25,7 @@ from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from schemas import Endpoint, FileEntry, Generation, Record, VLLMLaunch
+from schemas import Endpoint, FileEntry, Generation, Record, SamplingParams, VLLMLaunch
 from schemas.configs import LLMStage
 from tasks.budget import ask
 from tasks.errors import RnerError
@@ -115,10 +115,15 @@ def map_requests(
     record_type: type[Record],
     progress: Progress | None = None,
     reasoning_budget: int | None = None,
+    sampling: Callable[[T], SamplingParams] | None = None,
 ) -> Usage:
     """Send one request per item of every uncommitted shard and commit each shard's records. With a
-    ``reasoning_budget``, each item's completion is budget-forced (``tasks.budget``: two requests)."""
-    return asyncio.run(_map(out, items, config, endpoint, messages, build, record_type, progress, reasoning_budget))
+    ``reasoning_budget``, each item's completion is budget-forced (``tasks.budget``: two requests). ``sampling``:
+    an item's own decoding parameters (annotate's samples of one passage differ by seed); else ``config.sampling``."""
+    params = sampling or (lambda _: config.sampling)
+    return asyncio.run(
+        _map(out, items, config, endpoint, messages, build, record_type, progress, reasoning_budget, params)
+    )
 
 
 async def _map(
@@ -131,6 +136,7 @@ async def _map(
     record_type: type[Record],
     progress: Progress | None,
     reasoning_budget: int | None,
+    sampling: Callable[[T], SamplingParams],
 ) -> Usage:
     pending = await asyncio.to_thread(pending_shards, out, items, config.shard_size)
     done = len(items) - sum(len(shard) for _, shard in pending)
@@ -149,7 +155,7 @@ async def _map(
             nonlocal done
             # Every request of the shard runs to the end (and is cached) even if one fails.
             results = await asyncio.gather(
-                *(ask(client, messages(item), config.sampling, reasoning_budget) for item in shard),
+                *(ask(client, messages(item), sampling(item), reasoning_budget) for item in shard),
                 return_exceptions=True,
             )
             errors = [r for r in results if isinstance(r, BaseException)]

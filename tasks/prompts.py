@@ -31,6 +31,7 @@ Usage::
     messages = ner_messages("Ada Lovelace met Charles Babbage.", ["person", "location"])
     messages = ner_messages(text, labels, prompt="paper")     # the released instruction
     messages = ner_messages(text, labels, with_cot=False)     # a model trained on answers alone
+    messages = ner_messages(text, labels, budget=128)         # "... Think for at most 128 tokens." (L1 training)
     prompt = render_prompt(tokenizer, messages)          # the tokenizer's chat template, no hand-written tags
     target = assistant_target(reasoning, entities, labels)   # what SFT teaches the model to answer
 """
@@ -48,6 +49,8 @@ from tasks.metrics import is_dropped_label
 Message = dict[str, str]
 
 PROMPT_STYLES: tuple[PromptStyle, ...] = ("rner", "paper")
+NO_PLACE_FOR_DEFINITIONS = "the paper instruction has no place for entity-type definitions"
+"""Why ``paper`` prompts refuse entity-type definitions (its released instruction has no slot for them)."""
 
 INSTRUCTION = """\
 Extract the named entities from the text below.
@@ -106,6 +109,10 @@ result stripped, as their ``InputExample.to_prompt`` does (``paper_instruction``
 
 OPEN_TYPES = "any (name each type with a short lowercase noun phrase)"
 
+BUDGET_STATEMENT = "\n\nThink for at most {budget} tokens."
+"""The length budget stated at the end of the user turn (L1/LCPO, Aggarwal & Welleck 2025: "Think for N tokens."),
+for a model trained to keep to it (GRPO ``target_length``)."""
+
 TEACHER_GUIDANCE = """
 
 Your answer will teach a smaller model to reason, so make the reasoning explicit: quote every entity you \
@@ -147,17 +154,22 @@ def ner_messages(
     with_cot: bool = True,
     source: str | None = None,
     definitions: Mapping[str, str] | None = None,
+    budget: int | None = None,
 ) -> list[Message]:
     """The user turn asking for entities of ``labels`` in ``text`` (any types when ``labels`` is empty).
 
     ``with_cot``: whether the model is to reason before it answers (ours asks for it or not; the paper's
     instruction is the same either way). ``source``: the paper instruction's optional first line naming the
     dataset (the released ``add_source``). ``definitions``: a one-line meaning for some of the ``labels``,
-    listed under them in ours ("What the types mean:"); the paper's instruction has no place for them."""
+    listed under them in ours ("What the types mean:"); the paper's instruction has no place for them.
+    ``budget``: tokens the model may think, stated at the end (``BUDGET_STATEMENT``); needs ``with_cot``."""
+    if budget is not None and not with_cot:
+        raise ValueError("budget: a model asked to answer alone (with_cot false) has no thinking to budget")
+    statement = "" if budget is None else BUDGET_STATEMENT.format(budget=budget)
     if prompt == "paper":
         if definitions:
-            raise ValueError("definitions: the paper instruction has no place for entity-type definitions")
-        return [{"role": "user", "content": paper_instruction(text, labels, source=source)}]
+            raise ValueError(f"definitions: {NO_PLACE_FOR_DEFINITIONS}")
+        return [{"role": "user", "content": paper_instruction(text, labels, source=source) + statement}]
     if source is not None:
         raise ValueError("source: only the paper instruction names the dataset (the released add_source)")
     template = instruction_template(prompt, with_cot=with_cot)
@@ -166,7 +178,7 @@ def ner_messages(
         types += "\n\nWhat the types mean:" + "".join(
             f"\n- {label}: {' '.join(definitions[label].split())}" for label in labels if label in definitions
         )
-    return [{"role": "user", "content": template.format(types=types, text=text)}]
+    return [{"role": "user", "content": template.format(types=types, text=text) + statement}]
 
 
 def paper_schema(labels: Iterable[str]) -> list[str]:

@@ -15,6 +15,11 @@ that add up: passages → annotated (+ rejected at annotate) → valid (+ reject
 (+ no score) → kept (+ below threshold); teacher and judge models, sampling, prompt hashes, reject
 reasons and the score histogram.
 
+When annotate sampled the teacher several times per passage (``samples_per_passage``), the chains that passed
+validation and reached ``min_score`` are candidates, and each passage keeps the shortest of its candidates
+(``shortest_chains``), under the passage's own id; the card and the stats count the candidates per passage and
+the longer duplicates dropped.
+
 Usage::
 
     python -m tasks.publish --config publish.yaml     # cot: validate output, verdicts: judge output
@@ -23,11 +28,13 @@ Usage::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from schemas import CoTRecord, JudgeVerdict, Manifest, PublishConfig, config_hash
 from tasks.errors import RnerError
+from tasks.extract import load_tokenizer, token_counter
 from tasks.llm_stage import Progress
 from tasks.stage_cli import stage_main
 from tasks.store import AlreadyPublished, Output, Published, Store
@@ -113,8 +120,12 @@ def run(config: PublishConfig, store: Store, *, progress: Progress | None = None
     missing = [r.id for r in records if r.id not in verdicts]
     if missing:
         raise PublishError(f"{len(missing)} record(s) have no verdict in {config.verdicts}, e.g. {missing[:3]}")
-    kept = [r for r in records if _score(verdicts[r.id]) >= config.min_score]
-    funnel = _funnel(store, cot.manifest, judged.manifest, len(kept))
+    passing = [r for r in records if _score(verdicts[r.id]) >= config.min_score]
+    funnel = _funnel(store, cot.manifest, judged.manifest, len(passing))
+    sampled = funnel["samples_per_passage"] > 1  # else each passage has one chain: no length to measure
+    lengths = _chain_lengths(store, cot.manifest, passing) if sampled else [0] * len(passing)
+    kept, candidates = shortest_chains(passing, lengths)
+    funnel |= {"kept": len(kept), "longer_duplicates": len(passing) - len(kept), "candidates": candidates}
     carried: list[CoTRecord] = list(store.records(base.manifest)) if base else []  # type: ignore[arg-type]
     clash = sorted({r.id for r in carried} & {r.id for r in kept})
     if clash:
@@ -149,8 +160,32 @@ def _score(verdict: JudgeVerdict) -> float:
     return -1.0 if verdict.score is None else verdict.score
 
 
-def _funnel(store: Store, valid: Manifest, judged: Manifest, kept: int) -> dict[str, Any]:
-    """Counts after every step, read from the lineage's manifests."""
+def shortest_chains(records: Sequence[CoTRecord], lengths: Sequence[int]) -> tuple[list[CoTRecord], dict[str, int]]:
+    """Per passage (``passage_id``; a record without one is its own passage), the record of the least length (the
+    first on a tie), as the passage's record (its id, ``passage_id`` cleared); in the order the passages come.
+    Also how many passages had how many candidates (``{"2": 5}``: five passages had two)."""
+    best: dict[str, tuple[int, CoTRecord]] = {}
+    count: Counter[str] = Counter()
+    for record, length in zip(records, lengths, strict=True):
+        passage = record.passage_id or record.id
+        count[passage] += 1
+        if passage not in best or length < best[passage][0]:
+            best[passage] = (length, record)
+    kept = [r.model_copy(update={"id": p, "passage_id": None}) for p, (_, r) in best.items()]
+    return kept, {str(n): m for n, m in sorted(Counter(count.values()).items())}
+
+
+def _chain_lengths(store: Store, valid: Manifest, records: Sequence[CoTRecord]) -> list[int]:
+    """The reasoning's length of each record, in tokens of validate's ``tokenizer`` when it has one (the student's,
+    which counted ``max_reasoning_tokens``), else in characters."""
+    texts = [r.reasoning for r in records]
+    tokenizer = valid.config.get("tokenizer")
+    return token_counter(load_tokenizer(tokenizer, store.settings))(texts) if tokenizer else [len(t) for t in texts]
+
+
+def _funnel(store: Store, valid: Manifest, judged: Manifest, passing: int) -> dict[str, Any]:
+    """Counts after every step, read from the lineage's manifests (``passing``: the records scored high enough;
+    the caller adds how many of them it kept)."""
     annotated = store.load_ref(valid.inputs[0]).manifest
     return {
         "raw_files": {ref.address: ref.digest for ref in annotated.inputs},
@@ -162,8 +197,10 @@ def _funnel(store: Store, valid: Manifest, judged: Manifest, kept: int) -> dict[
         "rejected_records_at_validate": valid.stats["rejected"],
         "judged": judged.stats["judged"],
         "no_score": judged.stats["no_score"],
-        "kept": kept,
-        "below_threshold": judged.stats["judged"] - judged.stats["no_score"] - kept,
+        "passing": passing,
+        "below_threshold": judged.stats["judged"] - judged.stats["no_score"] - passing,
+        "samples_per_passage": annotated.config.get("samples_per_passage", 1),
+        "shortest_by": "tokens" if valid.config.get("tokenizer") else "characters",
         "histogram": judged.stats["histogram"],
         "reasoning_tokens": valid.stats.get("reasoning_tokens"),  # with validate's tokenizer only
         "prompts": {"teacher": annotated.stats["prompt"], "judge": judged.stats["prompt"]},
@@ -215,8 +252,9 @@ def dataset_card(
         f"| validate | {funnel['annotated']} | {funnel['valid']} | {funnel['rejected_records_at_validate']}"
         f"{_reasons(funnel['rejected_at_validate'])} |",
         f"| judge | {funnel['valid']} | {funnel['judged'] - funnel['no_score']} | {funnel['no_score']} (no_score) |",
-        f"| publish (score ≥ {config.min_score:g}) | {funnel['judged'] - funnel['no_score']} | {funnel['kept']} "
+        f"| publish (score ≥ {config.min_score:g}) | {funnel['judged'] - funnel['no_score']} | {funnel['passing']} "
         f"| {funnel['below_threshold']} (below threshold) |",
+        *_shortest_rows(funnel),
         "",
         "A record rejected at validate can have several reasons; the reason counts are per reason.",
         "",
@@ -240,6 +278,21 @@ def dataset_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _shortest_rows(funnel: dict[str, Any]) -> list[str]:
+    """The shortest-of-N step's row and what it chose from, when the teacher was sampled several times."""
+    n = funnel["samples_per_passage"]
+    if n == 1:
+        return []
+    per_passage = ", ".join(f"{k}: {v}" for k, v in funnel["candidates"].items())
+    return [
+        f"| shortest of {n} per passage (reasoning {funnel['shortest_by']}) | {funnel['passing']} | {funnel['kept']} "
+        f"| {funnel['longer_duplicates']} (longer duplicates) |",
+        "",
+        f"The teacher wrote {n} chains per passage; the shortest that passed validation and the judge is kept. "
+        f"Passages by number of passing chains: {per_passage or 'none'}.",
+    ]
 
 
 def _length_table(histograms: dict[str, dict[str, int]] | None) -> list[str]:

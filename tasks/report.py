@@ -50,6 +50,14 @@ class Row:
     f1: dict[str, float]
     """Dataset → F1 in [0, 1]."""
     average: float
+    examples: int | None = None
+    """Examples the evaluation generated for (``None``: an evaluation that did not record it)."""
+    parse_failures: int | None = None
+    """Of them, answers that did not parse."""
+
+
+SAME_WITHIN = 0.01
+"""Two rows whose averages differ by less than this (1 F1 point) are called the same in the notes."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,18 @@ class Comparison:
             cells = [percent(row.f1[name])[0] if name in row.f1 else "-" for name in datasets]
             lines.append(_line([row.label, *cells, *percent(row.average)]))
         return "\n".join(lines) + "\n"
+
+    def notes(self) -> list[str]:
+        """What the table alone does not say, in words: why a row is 0 everywhere, and which rows do not differ
+        from the row above them (at small scale a stage often changes nothing measurable)."""
+        notes = []
+        for above, row in zip((None, *self.rows), self.rows, strict=False):
+            if not any(row.f1.values()):
+                notes.append(f"{row.label}: F1 0 on every dataset; {_why_zero(row)}.")
+            elif above is not None and abs(row.average - above.average) < SAME_WITHIN:
+                change = f"{100 * (row.average - above.average):+.1f}"
+                notes.append(f"{row.label}: within 1 F1 point of {above.label} ({change}), no measurable change.")
+        return notes
 
     def chart(self, title: str) -> bytes:
         """A PNG: one group of horizontal bars per dataset and the average, one bar per row."""
@@ -95,7 +115,18 @@ class Comparison:
         sources = "; ".join(f"{r.label}: `{r.address}`" for r in self.rows)
         note = (f"F1 is span-level micro F1 in %, {self.mode} mode; the average is each row's unweighted average over "
                 f"the datasets it was evaluated on. Evaluations: {sources}.")  # fmt: skip
-        return f"# {title}\n\n{self.markdown()}\n{note}\n\n![{title}]({chart})\n"
+        said = "".join(f"- {line}\n" for line in self.notes())
+        return f"# {title}\n\n{self.markdown()}\n{said + chr(10) if said else ''}{note}\n\n![{title}]({chart})\n"
+
+
+def _why_zero(row: Row) -> str:
+    if row.parse_failures is None or row.examples is None:
+        return "its evaluation did not record how many answers parsed"
+    if row.parse_failures == row.examples:
+        return f"none of its {row.examples} answers parsed (it did not answer in the form asked for)"
+    if row.parse_failures:
+        return f"{row.parse_failures} of {row.examples} answers did not parse, the others found no gold entity"
+    return f"all {row.examples} answers parsed but found no gold entity"
 
 
 def _line(cells: Sequence[str]) -> str:
@@ -119,7 +150,10 @@ def row(label: str, published: Published, store: Store, mode: Mode = "paper") ->
     [entry] = published.manifest.files_with("metrics")
     metrics = json.loads(store.read_file(published.manifest.address, entry))[mode]
     f1 = {name: scores["f1"] for name, scores in metrics["per_dataset"].items()}
-    return Row(label, published.manifest.address, f1, metrics["average_f1"])
+    stats = published.manifest.stats
+    return Row(
+        label, published.manifest.address, f1, metrics["average_f1"], stats.get("examples"), stats.get("parse_failures")
+    )
 
 
 def compare(evals: Mapping[str, Published], store: Store, mode: Mode = "paper") -> Comparison:
@@ -189,6 +223,8 @@ def cli_report(
     target = Store(store) if store else Store.from_settings()
     comparison = compare(resolve(outputs, target), target, mode)  # type: ignore[arg-type]
     print(comparison.markdown(), end="")
+    for line in comparison.notes():
+        print(line)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / CHART_FILE).write_bytes(comparison.chart(title))

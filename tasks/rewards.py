@@ -20,6 +20,12 @@ columns arrive as keyword lists). The stage weights them 10 : 1, as the paper do
   answers the shorter reasoning wins, and a wrong answer never gains by being short. TRL calls a reward with
   one process's share of the generation batch, so with several training processes "the group" is the part of
   it this process generated (the whole group on one process).
+- ``target_length_reward`` (off unless ``target_length`` is set; not in the paper): L1/LCPO's (Aggarwal & Welleck
+  2025) penalty for missing the budget ``N`` the prompt stated (the ``target_tokens`` column): ``-|N - len|``
+  (``exact``) or ``-max(0, len - N)`` (``max``: only the excess), in tokens, weighted per token.
+
+Both length rewards measure a completion as ``token_lengths`` does: the tokens TRL generated for it, the reasoning
+and the (short) answer after it, as L1 counts a budget.
 
 Usage::
 
@@ -28,13 +34,14 @@ Usage::
     GRPOTrainer(..., reward_funcs=[partial(f1_reward, empty_match=1.0), schema_reward],
                 args=GRPOConfig(reward_weights=[10.0, 1.0], ...))
     length_reward(completions, example=examples, completion_ids=ids)   # [0.0, -0.5, -1.0, 0.0] for one group
+    target_length_reward(completion_ids=ids, target_tokens=[64, 64], mode="max")   # [0.0, -36.0] for 50, 100 tokens
 """
 
 from __future__ import annotations
 
 import json
 from statistics import median
-from typing import Any
+from typing import Any, Literal
 
 from schemas import NERExample
 from tasks.metrics import f1_score, paper_labels
@@ -46,6 +53,11 @@ Completion = str | list[dict[str, str]]
 
 def completion_text(completion: Completion) -> str:
     return completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+
+
+def token_lengths(completion_ids: list[list[int]]) -> list[int]:
+    """The length of each completion, in tokens: those TRL generated for it (``completion_ids``, without padding)."""
+    return [len(ids) for ids in completion_ids]
 
 
 def f1_reward(completions: list[Completion], example: list[str], *, empty_match: float = 1.0, **_: Any) -> list[float]:
@@ -73,15 +85,29 @@ def length_reward(
     for i, raw in enumerate(example):
         groups.setdefault(raw, []).append(i)
     rewards = [0.0] * len(completions)
+    lengths_of = token_lengths(completion_ids)
     for members in groups.values():
         middle = median(f1s[i] for i in members)
         good = [i for i in members if f1s[i] >= middle]
-        lengths = {i: len(completion_ids[i]) for i in good}
+        lengths = {i: lengths_of[i] for i in good}
         shortest, longest = min(lengths.values()), max(lengths.values())
         if longest > shortest:
             for i, n in lengths.items():
                 rewards[i] = -(n - shortest) / (longest - shortest)
     return rewards
+
+
+def target_length_reward(
+    completion_ids: list[list[int]],
+    target_tokens: list[int],
+    *,
+    mode: Literal["exact", "max"] = "exact",
+    **_: Any,
+) -> list[float]:
+    """L1/LCPO: minus the tokens by which each completion misses its prompt's budget (``target_tokens``, a dataset
+    column): either way (``exact``), or only over it (``max``)."""
+    misses = [n - budget for n, budget in zip(token_lengths(completion_ids), target_tokens, strict=True)]
+    return [-float(abs(miss) if mode == "exact" else max(0, miss)) for miss in misses]
 
 
 def schema_reward(completions: list[Completion], example: list[str], **_: Any) -> list[float]:

@@ -24,33 +24,40 @@ picks some of them, in an order; without it every dataset of the sources takes p
   released ``config/dataset/in_domain.json``) the same examples are picked, in the same order.
 
 ``shuffle`` shuffles the whole sample at the end (in ``proportional``, with the same generator, as the
-released ``--shuffle``). A ``total`` over what the datasets have (capped) is an error in either mode. The same
+released ``--shuffle``). A ``total`` over what the datasets have (capped) is an error in either mode.
+
+``ids`` take a given subset instead of a draw (as ``ImportConfig.ids`` does, with the same
+``tasks.eval_sets.select_ids``): exactly the examples with those ids, dataset by dataset in the order above,
+each dataset's in their order (then shuffled if ``shuffle``). An id that no example of the datasets sampled
+has, or that several have, is an error naming it; ``total`` (other than the number of ids),
+``per_dataset_cap`` and ``allocation: proportional`` describe a draw and are refused beside ``ids``. The same
 sources and config give the same bytes, on any machine (the sources are pinned by content digests, not by
 where they were read from).
 
 Output (``datasets/re/sample/<hash>``): a ``ner`` dataset of ``NERExample`` rows, with a manifest whose stats
-record the allocation, the total asked for and the examples taken, and per dataset where it came from
-(origin, digest), how many examples it had and how many were taken; datasets of the sources left out by
-``datasets`` are listed. The inputs list every source by digest.
+record the allocation, the total asked for, the number of ids given and the examples taken, and per dataset
+where it came from (origin, digest), how many examples it had and how many were taken; datasets of the sources
+left out by ``datasets`` are listed. The inputs list every source by digest.
 
 Usage::
 
     python -m tasks.sample --config sample.yaml
     published = run(SampleConfig(sources=["/data/IE_INSTRUCTIONS/NER"], total=4703, per_dataset_cap=500), store)
     published = run(SampleConfig.preset("paper", sources=["/data/IE_INSTRUCTIONS/NER"]), store)  # proportional
+    published = run(SampleConfig(sources=["demo:train"], ids=["news-train-02", "tech-train-01"]), store)  # a subset
 """
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
 from schemas import NERExample, SampleConfig, config_hash, output_address
 from tasks.errors import RnerError
-from tasks.eval_sets import EvalSet, InstructUIERow, draw, instructuie_set, load_entry
+from tasks.eval_sets import EvalSet, InstructUIERow, draw, instructuie_set, load_entry, select_ids
 from tasks.jsonl import describe, without_bom
 from tasks.llm_stage import Progress
 from tasks.stage_cli import stage_main
@@ -152,24 +159,33 @@ def run(config: SampleConfig, store: Store, *, progress: Progress | None = None)
             datasets[example.source].append(example)
     names = select_datasets(list(datasets), config.datasets)
     sizes = {name: len(datasets[name]) for name in names}
-    if config.allocation == "proportional":
+    if config.ids:
+        pool = [ex for name in names for ex in datasets[name]]
+        where = f"the {config.split} split of {', '.join(names)}"
+        sample = select_ids(pool, config.ids, where, SampleError)
+        taken = Counter(ex.source for ex in sample)
+        quotas = {name: taken[name] for name in names}
+    elif config.allocation == "proportional":
+        assert config.total is not None  # SampleConfig requires it without ids
         quotas = allocate_proportional(sizes, config.total, config.per_dataset_cap)
         rng = random.Random(config.seed)
         sample = draw_proportional(datasets, quotas, rng)
         if config.shuffle:  # the same generator, on after the draw, as the released --shuffle
             rng.shuffle(sample)
     else:
+        assert config.total is not None  # SampleConfig requires it without ids
         quotas = allocate(sizes, config.total, config.per_dataset_cap)
         quotas = {name: quotas[name] for name in names}
         sample = [ex for name, quota in quotas.items() for ex in draw(datasets[name], quota, config.seed, name)]
-        if config.shuffle:
-            random.Random(f"{config.seed}/shuffle").shuffle(sample)
+    if config.shuffle and config.allocation == "even":  # proportional shuffles with its own generator, above
+        random.Random(f"{config.seed}/shuffle").shuffle(sample)
     if progress:
         progress(len(sample), len(sample))
     stats = {
         "split": config.split,
         "allocation": config.allocation,
         "total": config.total,
+        "ids": len(config.ids),
         "examples": len(sample),
         "left_out": sorted(set(datasets) - set(names)),
         "datasets": {

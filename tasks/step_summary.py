@@ -75,6 +75,8 @@ def _publish(stats: Mapping[str, Any], records: Records) -> str:
     line = f"v{stats['version']}: {stats['kept']} new records kept (of {stats['judged']} judged); {funnel}"
     if below := stats.get("below_threshold"):
         line += f"; {below} scored below the threshold"
+    if longer := stats.get("longer_duplicates"):
+        line += f"; {longer} longer chains of a passage dropped for its shortest"
     if stats["kept"] == 0:
         line += f" — nothing kept: {_why_empty(stats)}"
     return line

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from schemas import CoTRecord, NERExample, PublishConfig, SampleConfig, SFTConfig
 from schemas.configs import CPU_SERVER, Endpoint, VLLMLaunch
@@ -35,6 +36,13 @@ from tasks.vllm_env import vllm_python
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "tasks" / "corpus"
 S3_BUCKET = "rner-test"
+
+# Every property test of the suite: no per-example deadline (Hypothesis's 200 ms default fails a test when the
+# machine pauses, as the full suite beside image builds on 2 cores does; a test that bounds a case on purpose sets
+# its own, as tests/test_parse_fuzz.py does), and a failure prints the blob that replays it (`@reproduce_failure`),
+# since CI runs on a fresh machine whose example database is gone with it.
+hypothesis_settings.register_profile("suite", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("suite")
 
 
 def _free(port: int) -> bool:

@@ -38,12 +38,19 @@ class Behaviour:
     headers: dict[str, str] = field(default_factory=dict)
     reasoning: str | None = None
     answer: Callable[[str], str] | None = None
+    reply: Callable[[dict[str, Any]], str] | None = None
 
 
-def ok(delay: float = 0.0, reasoning: str | None = None, answer: Callable[[str], str] | None = None) -> Behaviour:
+def ok(
+    delay: float = 0.0,
+    reasoning: str | None = None,
+    answer: Callable[[str], str] | None = None,
+    reply: Callable[[dict[str, Any]], str] | None = None,
+) -> Behaviour:
     """A valid completion after ``delay`` seconds; ``reasoning`` names a separate reasoning field to fill;
-    ``answer(prompt)`` gives the content instead of the echo (a scripted model for deterministic tests)."""
-    return Behaviour("ok", seconds=delay, reasoning=reasoning, answer=answer)
+    ``answer(prompt)`` gives the content instead of the echo (a scripted model for deterministic tests), or
+    ``reply(body)`` from the whole request (its ``seed``, say: a sampled model whose draws differ by seed)."""
+    return Behaviour("ok", seconds=delay, reasoning=reasoning, answer=answer, reply=reply)
 
 
 def status(code: int, retry_after: str | None = None) -> Behaviour:
@@ -154,7 +161,10 @@ class _Handler(BaseHTTPRequestHandler):
         match behaviour.kind:
             case "ok":
                 self.server.fault.closing.wait(behaviour.seconds)
-                content = behaviour.answer(prompt) if behaviour.answer else f"echo: {prompt}"
+                if behaviour.reply:
+                    content = behaviour.reply(body)
+                else:
+                    content = behaviour.answer(prompt) if behaviour.answer else f"echo: {prompt}"
                 self._send(200, json.dumps(_completion(body, prompt, content, behaviour.reasoning)).encode())
             case "status":
                 self._send(behaviour.code, b'{"error": {"message": "injected fault"}}', behaviour.headers)

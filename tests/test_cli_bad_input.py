@@ -130,6 +130,7 @@ def stage_cases(*command: str, field: str, value: str = "-4") -> list[Case]:
 
 
 IMPORT_EMPTY = "dataset: d\nformat: jsonl\nsplits: [test]\npath: {empty.jsonl}\n"
+SAMPLE_IDS = "sources: ['demo:train']\n"
 SCORE_GOLD = '{"id": "a", "text": "Ada", "labels": ["person"], "entities": [], "source": "s"}\n'
 
 CASES: dict[str, list[Case]] = {
@@ -138,7 +139,17 @@ CASES: dict[str, list[Case]] = {
     "cg judge": stage_cases("cg", "judge", field="concurrency"),
     "cg publish": stage_cases("cg", "publish", field="min_score", value="-1"),
     "cg run": stage_cases("cg", "run", field="annotate.concurrency"),
-    "data sample": stage_cases("data", "sample", field="total", value="0"),
+    "data sample": [
+        *stage_cases("data", "sample", field="total", value="0"),
+        *(
+            Case(("data", "sample", "--config", "{ids.yaml}"), names, files=(("ids.yaml", SAMPLE_IDS + ids),))
+            for ids, names in [
+                ("ids: [a, b, a]\n", "ids: each id once; repeated: ['a']"),
+                ("ids: [a]\ntotal: 2\n", "total 2 and 1 ids"),
+                ("ids: [news-train-01, nope]\n", "ids: 1 not in the train split of demo-food"),
+            ]
+        ),
+    ],
     "data import": [
         *stage_cases("data", "import", field="count", value="-1"),
         Case(("data", "import", "--config", "{import.yaml}"), "empty.jsonl", files=(("import.yaml", IMPORT_EMPTY),)),
@@ -180,6 +191,27 @@ CASES: dict[str, list[Case]] = {
             ("extract", "--labels", "person", "--text", "Ada", "--reasoning-budget", "8", "--answer-only"), "with_cot"
         ),
         Case(("extract", "--labels", "person"), "--text"),
+        *config_cases("extract", "--labels", "person", "--text", "Ada", option="--definitions")[:4],
+        Case(
+            ("extract", "--labels", "person", "--text", "Ada", "--definitions", "{types.yaml}"),
+            "'city'",
+            (("types.yaml", "person: a named human\ncity: a town\n"),),
+        ),
+        Case(
+            ("extract", "--labels", "person", "--text", "Ada", "--definitions", "{types.yaml}"),
+            "'person'",
+            (("types.yaml", "person: '  '\n"),),
+        ),
+        Case(
+            ("extract", "--labels", "person", "--text", "Ada", "--definitions", "{types.yaml}"),
+            "'person'",
+            (("types.yaml", "person: |\n  a named\n  human\n"),),
+        ),
+        Case(
+            ("extract", "--labels", "person", "--text", "Ada", "--prompt", "paper", "--definitions", "{types.yaml}"),
+            "--definitions",
+            (("types.yaml", "person: a named human\n"),),
+        ),
     ],
     "report": [
         Case(("report", "evals/none"), "evals/none"),

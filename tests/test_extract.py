@@ -20,8 +20,10 @@ import pytest
 from fault_server import FaultServer, ok, sequence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from schemas import Endpoint, Passage, Prediction
+from tasks.cli import app
 from tasks.extract import ExtractError, Extractor, load_tokenizer, merge, token_counter
 from tasks.jsonl import dump_jsonl, read_jsonl
 from tasks.prompts import ner_messages, render_prompt
@@ -141,6 +143,28 @@ def test_definitions_go_into_the_prompt_under_their_types(extractor: Extractor, 
     paper = Extractor(server.endpoint, tokenizer=extractor.tokenizer_ref, context_tokens=CONTEXT, prompt="paper")
     with pytest.raises(ExtractError, match=r"^definitions: the paper instruction has no place"):
         paper.extract([text], ["person"], definitions={"person": "a human"})
+
+
+def test_the_command_line_puts_definitions_from_a_file_into_the_prompt(
+    server: FaultServer, default_model: Path, tmp_path: Path
+) -> None:
+    types = tmp_path / "types.yaml"
+    types.write_text("person: a named human being\nlocation: 'a place: city, country or region'\n")
+    endpoint: Endpoint = server.endpoint
+    text = "Cyra Ng flew home."
+    options = ["--base-url", endpoint.base_url, "--model", endpoint.model, "--tokenizer", str(default_model)]
+    options += ["--context", str(CONTEXT), "--max-tokens", str(MAX_TOKENS), "--labels", "person,location,city"]
+    options += ["--definitions", str(types)]
+    result = CliRunner().invoke(app, ["extract", *options, "--text", text])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["entities"] == [{"text": "Cyra Ng", "label": "person", "start": 0, "end": 7}]
+    [prompt] = [p for p in server.attempts if text in p]
+    meanings = "- person: a named human being\n- location: a place: city, country or region\n\nText: "
+    assert f"Entity types: person, location, city\n\nWhat the types mean:\n{meanings}" in prompt
+    paper = CliRunner().invoke(app, ["extract", *options, "--prompt", "paper", "--text", "Bo Lind rests."])
+    assert isinstance(paper.exception, ExtractError), paper.output
+    assert str(paper.exception).startswith("--definitions: the paper instruction has no place")
+    assert not [p for p in server.attempts if "Bo Lind rests." in p]  # refused before any request
 
 
 def test_requests_that_cannot_be_served_are_clear_errors(extractor: Extractor, server: FaultServer) -> None:

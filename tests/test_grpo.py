@@ -37,6 +37,9 @@ def test_examples_carry_the_gold_to_the_rewards() -> None:
     row = grpo.grpo_example(example)
     assert row["prompt"] == ner_messages(text, ["person"])  # the paper's schema: catch-all labels dropped
     assert NERExample.model_validate_json(row["example"]) == example
+    # A CT model trained on answers alone is asked for the answer alone (what the demo's RE does).
+    assert grpo.grpo_example(example, with_cot=False)["prompt"] == ner_messages(text, ["person"], with_cot=False)
+    assert ner_messages(text, ["person"], with_cot=False) != row["prompt"]
 
 
 def test_rollout_server_command_and_its_requirements(monkeypatch: pytest.MonkeyPatch) -> None:

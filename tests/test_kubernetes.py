@@ -561,6 +561,20 @@ class FakeApi(BaseHTTPRequestHandler):
         self.reply({"kind": "Status", "status": "Success"})
 
 
+def use_kubeconfig(port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the kubernetes client's default kubeconfig at a scripted API server on ``port`` (context ``fake``)."""
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+        "current-context": "fake",
+    }
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+
+
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FakeCluster]]:
     servers: list[FakeCluster] = []
@@ -569,16 +583,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
         server = FakeCluster(script, log, other_log)
         servers.append(server)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-            "current-context": "fake",
-        }
-        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+        use_kubeconfig(server.server_port, tmp_path, monkeypatch)
         return server
 
     yield start

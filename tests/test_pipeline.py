@@ -15,6 +15,7 @@ import pytest
 from prefect_runs import artifacts, retry, task_runs
 from test_cg_run import seed
 
+from flows.cli import stage_times
 from flows.pipeline import pipeline
 from schemas import DEMO_PASSAGES, Endpoint, NERExample, PipelineConfig
 from tasks.demo import load_demo
@@ -53,7 +54,7 @@ def test_pipeline_runs_end_to_end_and_a_retry_redoes_only_the_failed_stage(
     flow_run_id = failed.state_details.flow_run_id
     first = task_runs(flow_run_id)
     assert {stage: first[stage] for stage in FINISHED_FIRST} == {stage: ["Completed"] for stage in FINISHED_FIRST}
-    assert first["evaluate-ct"] == ["Failed"]
+    assert first["evaluate-base"] == ["Failed"]  # the base model first: the first row of the report
     published = {address: store.get(f"{address}/manifest.json") for address in _manifests(store)}
 
     eval_set.parent.mkdir()  # fix the cause: the eval set arrives
@@ -64,8 +65,8 @@ def test_pipeline_runs_end_to_end_and_a_retry_redoes_only_the_failed_stage(
     states = task_runs(flow_run_id)
     for stage in FINISHED_FIRST:
         assert states[stage] == ["Completed", "Cached"], stage
-    assert states["evaluate-ct"] == ["Failed", "Completed"]
-    assert states["evaluate-re"] == ["Completed"]
+    assert states["evaluate-base"] == ["Failed", "Completed"]
+    assert states["evaluate-ct"] == states["evaluate-re"] == ["Completed"]
     assert {address: store.get(f"{address}/manifest.json") for address in published} == published
 
     result = retried.result()
@@ -75,8 +76,15 @@ def test_pipeline_runs_end_to_end_and_a_retry_redoes_only_the_failed_stage(
     for name, model in (("eval_ct", ct), ("eval_re", re)):
         evaluation = store.load(result[name]).manifest
         assert evaluation.kind == "predictions" and model.manifest.address in evaluation.config["model"]["model"]
-    rows = [line.split("|")[1].strip() for line in result["comparison"].splitlines()[2:]]
-    assert rows == ["CT", "RE"]
+    table, _, notes = result["comparison"].partition("\n\n")
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["Base", "CT", "RE"]
+    assert "Base: F1 0 on every dataset" in notes  # the untrained model's zeros are explained
+    assert store.load(result["eval_base"]).manifest.config["model"]["model"] == "default"
+
+    times = stage_times(flow_run_id)  # what `rner pipeline` prints: each stage's runs in order, how long they ran
+    assert [name for name, _, _ in times][:3] == ["annotate", "validate", "judge"]
+    assert all(seconds > 0 for name, state, seconds in times if state == "Completed" and seconds is not None)
+    assert ("sft", "Completed") in {(name, state) for name, state, seconds in times if seconds}
     shown = artifacts(flow_run_id)
     assert shown["pipeline-report"] == "markdown"
     assert {"sft-stats", "sft-progress", "grpo-stats", "evaluate-re-report"} <= set(shown)

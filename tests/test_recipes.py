@@ -45,7 +45,9 @@ DEMO_TEST_DATASETS = [f"demo-{name}" for name in ("food", "music", "news", "scie
 # --- the report, on evaluations written here ---------------------------------------------------------------
 
 
-def fake_eval(store: Store, name: str, paper: dict[str, float], strict: dict[str, float]) -> Published:
+def fake_eval(
+    store: Store, name: str, paper: dict[str, float], strict: dict[str, float], stats: dict[str, Any] | None = None
+) -> Published:
     """An evaluation output with these F1 values per dataset (the average: their mean), as `rner eval` lays it out."""
 
     def mode(f1s: dict[str, float]) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def fake_eval(store: Store, name: str, paper: dict[str, float], strict: dict[str
     metrics = json.dumps({"paper": mode(paper), "strict": mode(strict)}).encode()
     files = [out.put_file("metrics", metrics, role="metrics", suffix=".json")]
     config = EvalConfig.preset("smoke", model={"kind": "transformers", "model": name})
-    return out.publish(kind="predictions", stage="evaluate", config=config, files=files)
+    return out.publish(kind="predictions", stage="evaluate", config=config, files=files, stats=stats or {})
 
 
 @pytest.fixture
@@ -80,6 +82,27 @@ def test_comparison_table_rows_are_evaluations_columns_their_datasets(two_evals:
     strict = report.compare({"CT": ct}, store, "strict")
     assert strict.markdown().splitlines()[2] == "| CT | 20.00 | 40.00 | 30.00 |"
     assert comparison.chart("F1").startswith(PNG)
+
+
+def test_the_notes_say_in_words_why_a_row_is_zero_and_which_rows_changed_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", Settings())
+    base = fake_eval(store, "base", {"news": 0.0}, {"news": 0.0}, stats={"examples": 6, "parse_failures": 6})
+    ct = fake_eval(store, "ct", {"news": 0.5}, {"news": 0.4}, stats={"examples": 6, "parse_failures": 0})
+    re = fake_eval(store, "re", {"news": 0.504}, {"news": 0.4}, stats={"examples": 6, "parse_failures": 1})
+    miss = fake_eval(store, "miss", {"news": 0.0}, {"news": 0.0}, stats={"examples": 6, "parse_failures": 2})
+    assert report.compare({"Base": base, "CT": ct, "RE": re, "X": miss}, store).notes() == [
+        "Base: F1 0 on every dataset; none of its 6 answers parsed (it did not answer in the form asked for).",
+        "RE: within 1 F1 point of CT (+0.4), no measurable change.",
+        "X: F1 0 on every dataset; 2 of 6 answers did not parse, the others found no gold entity.",
+    ]
+    assert report.compare({"CT": ct, "Base": base}, store).notes() == [
+        "Base: F1 0 on every dataset; none of its 6 answers parsed (it did not answer in the form asked for)."
+    ]
+    published = report.publish(ReportConfig(title="t", evals={"Base": base.manifest.address}), store)
+    [document] = published.manifest.files_with("report")
+    assert (
+        "- Base: F1 0 on every dataset; none of its 6" in store.read_file(published.manifest.address, document).decode()
+    )
 
 
 def test_a_published_report_renders_again_from_its_address(two_evals: tuple[Store, Published, Published]) -> None:
@@ -200,10 +223,15 @@ def cheap(tiny_model: Path) -> Callable[..., Config]:
 def check_table(result: dict[str, Any], store: Store, rows: list[str], datasets: list[str]) -> None:
     """The run's table has these rows and columns, holds its evaluations' F1 and averages, and is published as a
     report (PNG chart included) whose inputs are those evaluations."""
-    lines = result["comparison"].splitlines()
+    lines, _, notes = result["comparison"].partition("\n\n")
+    lines = lines.splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == ["model", *datasets, "average"]
     table = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
     assert list(table) == rows == list(result["evals"])
+    zero = [row for row, cells in table.items() if not any(float(cell) for cell in cells)]
+    assert [line.split(":")[0] for line in notes.splitlines() if "F1 0 on every dataset" in line] == [
+        f"- {row}" for row in zero
+    ]  # a row of zeros is explained in words
     for row, cells in table.items():
         evaluation = store.load(result["evals"][row])
         assert evaluation.manifest.config["model"]["model"] == f"store:{result['models'][row]}"

@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 from fault_server import FaultServer, sequence, stall, status
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -90,16 +90,19 @@ _WORDS = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_s
     path=_PATHS,
     around=st.tuples(st.sampled_from(["", "error: ", "GET ", "("]), st.sampled_from(["", " failed", ")", "\n"])),
 )
+# A password that the redacted text spells anyway: the mask's `***@` (or `/*`, `@l`, ...) is not the password
+# surviving. Checked against the text without the mask, such passwords failed about one run in ten.
+@example(scheme="http", user=None, password="@", host="127.0.0.1", port="", path="", around=("", ""))
+@example(scheme="http", user="u", password="*", host="minio", port="", path="", around=("", ""))
 def test_the_password_never_survives(
     scheme: str, user: str | None, password: str, host: str, port: str, path: str, around: tuple[str, str]
 ) -> None:
     # Userinfo as a URL carries it: percent-encoded (an unencoded `@` is caught too, see the shapes above).
     userinfo = quote(password, safe="") if user is None else f"{quote(user, safe='')}:{quote(password, safe='')}"
-    rest = f"{host}{port}{path}"
-    assume(password not in f"{around[0]}{scheme}://{rest}{around[1]}")
-    assume(quote(password, safe="") not in f"{around[0]}{scheme}://{rest}{around[1]}")
-    out = redact_url(f"{around[0]}{scheme}://{userinfo}@{rest}{around[1]}")
-    assert out == f"{around[0]}{scheme}://***@{rest}{around[1]}"
+    expected = f"{around[0]}{scheme}://***@{host}{port}{path}{around[1]}"
+    assume(password not in expected and quote(password, safe="") not in expected)
+    out = redact_url(f"{around[0]}{scheme}://{userinfo}@{host}{port}{path}{around[1]}")
+    assert out == expected
     assert password not in out and quote(password, safe="") not in out
 
 

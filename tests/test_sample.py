@@ -14,7 +14,7 @@ import pytest
 import released_rner as released
 from pydantic import ValidationError
 
-from schemas import CoTRecord, NERExample, PublishConfig, SampleConfig
+from schemas import CoTRecord, NERExample, PublishConfig, SampleConfig, config_hash
 from schemas.configs import EVAL_SUITES, INSTRUCTUIE_20
 from tasks import sample
 from tasks.eval_sets import EvalSetError
@@ -274,3 +274,64 @@ def test_paper_preset_samples_like_the_released_code() -> None:
     # The released config/dataset/in_domain.json, in its order.
     assert paper.datasets == INSTRUCTUIE_20 == EVAL_SUITES["instructuie_20"] and len(paper.datasets) == 20
     assert SampleConfig.preset("smoke").allocation == "even"
+
+
+# --- a given subset: ids ------------------------------------------------------------------------------
+
+
+def test_ids_take_exactly_those_examples_dataset_by_dataset_in_the_data_order(store: Store, instructuie: Path) -> None:
+    gamma = publish_gamma(store)
+    config = SampleConfig(sources=[str(instructuie), gamma], ids=["g2", "alpha-5", "beta-0", "alpha-1"])
+    published = sample.run(config, store)
+    assert [ex.id for ex in store.records(published.manifest)] == ["alpha-1", "alpha-5", "beta-0", "g2"]
+    stats = published.manifest.stats
+    assert (stats["total"], stats["ids"], stats["examples"]) == (None, 4, 4)
+    assert {name: d["taken"] for name, d in stats["datasets"].items()} == {"alpha": 2, "beta": 1, "gamma": 1}
+    # `datasets` orders them and leaves the others out; `shuffle` mixes the same examples.
+    ordered = SampleConfig(sources=[str(instructuie), gamma], datasets=["gamma", "alpha"], ids=["alpha-1", "g2"])
+    assert [ex.id for ex in store.records(sample.run(ordered, store).manifest)] == ["g2", "alpha-1"]
+    many = [f"alpha-{i}" for i in range(7)]
+    shuffled = sample.run(SampleConfig(sources=[str(instructuie)], ids=many, total=7, shuffle=True), store)
+    ids = [ex.id for ex in store.records(shuffled.manifest)]
+    assert sorted(ids) == many and ids != many
+
+
+def test_ids_leave_the_hash_of_configs_without_them_alone() -> None:
+    smoke = SampleConfig.preset("smoke")
+    assert config_hash(smoke) == "d55348a31ce74ad6ee5ccf1192e7fd310ed44ba2e5e3ed74585b926b0eac9976"  # before ids
+    with_ids = SampleConfig.preset("smoke", total=None, per_dataset_cap=None, ids=["news-train-01"])
+    assert config_hash(with_ids) != config_hash(SampleConfig.preset("smoke", ids=()))
+
+
+def test_an_unknown_or_ambiguous_id_is_named(store: Store, instructuie: Path, tmp_path: Path) -> None:
+    with pytest.raises(SampleError, match=r"ids: 1 not in the train split of alpha, beta, e\.g\. \['alpha-9'\]"):
+        sample.run(SampleConfig(sources=[str(instructuie)], ids=["alpha-1", "alpha-9"]), store)
+    with pytest.raises(SampleError, match=r"ids: 1 not in the train split of alpha, e\.g\. \['beta-0'\]"):
+        sample.run(SampleConfig(sources=[str(instructuie)], datasets=["alpha"], ids=["beta-0"]), store)
+    # Two files whose examples share an id: which one is meant cannot be told.
+    for name in ("one", "two"):
+        example = NERExample(id="x1", text="Tomas Berg.", labels=["person"], source=name)
+        (tmp_path / f"{name}.jsonl").write_text(example.model_dump_json() + "\n")
+    both = SampleConfig(sources=[str(tmp_path / "one.jsonl"), str(tmp_path / "two.jsonl")], ids=["x1"])
+    with pytest.raises(SampleError, match=r"ids: 1 name several examples of the train split of one, two"):
+        sample.run(both, store)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"ids": ["a", "b", "a"]}, r"ids: each id once; repeated: \['a'\]"),
+        ({"ids": ["a"], "total": 3}, "total 3 and 1 ids: ids name the sample; leave total out"),
+        ({"ids": ["a"], "per_dataset_cap": 2}, "per_dataset_cap: caps a draw, and ids name the sample"),
+        ({"ids": ["a"], "allocation": "proportional"}, "allocation 'proportional': splits a draw"),
+        ({"preset": "smoke", "ids": ["a"]}, "total 16 and 1 ids"),
+        ({}, "total: required .* unless ids name its examples"),
+    ],
+)
+def test_ids_config_mistakes(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        SampleConfig.model_validate({"sources": ["demo:train"], **fields})
+
+
+def test_ids_with_their_number_as_total_are_accepted() -> None:
+    assert SampleConfig(sources=["demo:train"], ids=["a", "b"], total=2).total == 2
