@@ -27,6 +27,7 @@ from schemas import Endpoint, EvalConfig, VLLMLaunch
 from schemas.configs import CPU_SERVER
 from tasks import evaluate
 from tasks.eval_report import percent, png
+from tasks.models import resolve_model
 from tasks.serving import serve
 from tasks.store import Store
 
@@ -96,7 +97,8 @@ def main() -> None:
             "datasets": args.datasets.split(","),
             "max_examples": args.max_examples,
             "sampling": {"temperature": 0.0, "max_tokens": args.max_tokens},
-            "tokenizer": args.tokenizer or (None if args.base_url else args.model),
+            # A directory: a `store:` model's tokenizer is in the model's store, not necessarily in --store.
+            "tokenizer": args.tokenizer or (None if args.base_url else resolve_model(args.model)),
         }
         rows = [measure(config, budget, store) for budget in args.budgets]
     text = table(rows)

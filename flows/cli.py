@@ -207,7 +207,9 @@ def run_on_server(flow: "Flow[..., dict[str, Any]]", config: "Config", store: St
     prepare_servers_in_background(config)
     start_server(port, detach=True)
     with temporary_settings({PREFECT_API_URL: f"{url}/api"}):
+        started = time.monotonic()
         state = flow(config, store=store.url, return_state=True)
+        times = [*stage_times(state.state_details.flow_run_id), ("the flow run", "", time.monotonic() - started)]
     run_page = f"{url}/runs/flow-run/{state.state_details.flow_run_id}"
     if not state.is_completed():
         raise RnerError(f"the {flow.name} run ended {state.name}: see {run_page}")
@@ -219,7 +221,7 @@ def run_on_server(flow: "Flow[..., dict[str, Any]]", config: "Config", store: St
         for label, address in value.items() if isinstance(value, dict) else [("", value)]:
             out.print(f"  {f'{name} {label}'.strip():<24} {store.uri(address)}", soft_wrap=True, highlight=False)
     out.print("\n[bold]time per stage[/]")
-    for name, ended, seconds in stage_times(state.state_details.flow_run_id):
+    for name, ended, seconds in times:
         took = "-" if seconds is None else f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
         out.print(f"  {name:<24} {took:>6}  {ended}", highlight=False)
     out.print("\n[bold]F1 per dataset (paper metric)[/]")
@@ -267,7 +269,7 @@ def pipeline(
         out.print(
             "answers alone: this run trains and evaluates without reasoning (with_cot: false), the path that fits a "
             "CPU demo; reasoning chains take ~4x the tokens to train on and to generate. The method with reasoning: "
-            '--config with sft, grpo and evaluate with_cot: true (README, "The demo").',
+            '--config with sft, grpo and evaluate with_cot: true (README, "What `make demo` runs").',
             highlight=False,
         )
     run_on_server(pipeline_flow, loaded, target, port)

@@ -86,7 +86,7 @@ from tasks.errors import RnerError
 from tasks.jsonl import describe, parse_lines
 from tasks.llm import LLMClient
 from tasks.llm_stage import Progress
-from tasks.models import resolve_model
+from tasks.models import resolve_model, trained_without_reasoning
 from tasks.parse import ground, parse_completion
 from tasks.progress import progress_bar
 from tasks.prompts import (
@@ -609,7 +609,12 @@ def cli_extract(
         str, typer.Option(help="The instruction the model was trained with: rner (ours) or paper (the released one).")
     ] = "rner",
     answer_only: Annotated[
-        bool, typer.Option("--answer-only", help="The model was trained on answers alone: ask for no reasoning.")
+        bool,
+        typer.Option(
+            "--answer-only",
+            help="The model was trained on answers alone: ask for no reasoning (a store: model's training config "
+            "says so itself).",
+        ),
     ] = False,
     reasoning_budget: Annotated[
         int | None,
@@ -637,6 +642,9 @@ def cli_extract(
         if prompt == "paper":  # now, not once the model is loaded
             raise ExtractError(f"--definitions: {NO_PLACE_FOR_DEFINITIONS} (it is for --prompt rner)")
     spec = generator_spec(model, base_url, api_key, vllm, context)
+    if not answer_only and base_url is None and trained_without_reasoning(model):
+        answer_only = True
+        typer.echo(f"{model} was trained on answers alone (with_cot: false): asking for the answer alone", err=True)
     options = {"max_tokens": max_tokens, "context_tokens": context, "tokenizer": tokenizer, "concurrency": concurrency}
     options |= {"prompt": prompt, "with_cot": not answer_only, "reasoning_budget": reasoning_budget}
     with Extractor(spec, **options) as extractor, progress_bar("extracting") as bar:  # type: ignore[arg-type]

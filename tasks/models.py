@@ -186,6 +186,18 @@ def download_model(url: str, settings: Settings) -> Path:
     return cached_directory(settings.home_dir / "models" / "s3" / sha256_hex(url)[:16], fill)
 
 
+def trained_without_reasoning(ref: str, settings: Settings | None = None) -> bool:
+    """Whether ``ref`` is a model of the store trained on answers alone (its manifest's training config says
+    ``with_cot: false``): such a model is asked for the answer alone. False for every other reference, whose
+    training is not on record."""
+    if not ref.startswith(STORE_SCHEME):
+        return False
+    from tasks.store import Store
+
+    manifest = Store.from_settings(settings or Settings()).load(ref.removeprefix(STORE_SCHEME)).manifest
+    return manifest.kind == "model" and manifest.config.get("with_cot") is False
+
+
 def fetch_store_model(address: str, settings: Settings) -> Path:
     """A published ``model`` output as a local HF directory, fetched once per manifest digest."""
     from tasks.store import Store

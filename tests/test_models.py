@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from schemas import NERExample
-from tasks.models import PROVENANCE_FILE, ModelError, cached_directory, resolve_model
+from tasks.models import PROVENANCE_FILE, ModelError, cached_directory, resolve_model, trained_without_reasoning
 from tasks.parse import parse_completion
 from tasks.prompts import assistant_target, ner_messages, render_prompt
 from tasks.settings import Settings
@@ -164,3 +164,18 @@ def test_published_model_output_resolves_by_store_reference(
         data = store.output("datasets/x")
         data.publish(kind="ner", stage="import", config=SFTConfig.preset("smoke"), files=[])
         resolve_model("store:datasets/x", settings)
+
+
+def test_a_store_model_says_whether_it_was_trained_on_answers_alone(tmp_path: Path) -> None:
+    from schemas import SFTConfig
+
+    settings = Settings(RNER_STORE=str(tmp_path / "store"), RNER_HOME=str(tmp_path / "home"))  # type: ignore[call-arg]
+    store = Store.from_settings(settings)
+    for name, with_cot in (("answers", False), ("reasoning", True)):
+        config = SFTConfig.preset("smoke", with_cot=with_cot)
+        store.output(f"models/ct/sft/{name}").publish(kind="model", stage="sft", config=config, files=[])
+    store.output("datasets/x").publish(kind="ner", stage="import", config=SFTConfig(dataset="d", with_cot=False))
+    assert trained_without_reasoning("store:models/ct/sft/answers", settings)
+    assert not trained_without_reasoning("store:models/ct/sft/reasoning", settings)
+    assert not trained_without_reasoning("store:datasets/x", settings)  # not a model
+    assert not trained_without_reasoning(str(tmp_path / "some-model-dir"), settings)  # no training on record
