@@ -136,6 +136,8 @@ class ErrorResponse(Record):
 class ServeConfig(Config):
     """``rner serve``: the extraction service in front of one model server."""
 
+    ADDED = frozenset({"state_budget"})
+
     server: Annotated[Endpoint | VLLMLaunch, Field(discriminator="kind")]
     """The model server: a running OpenAI-compatible ``endpoint``, or a ``vllm`` server the service starts (and
     stops when it stops)."""
@@ -152,6 +154,9 @@ class ServeConfig(Config):
     """The instruction the model was trained with (``tasks.prompts``)."""
     with_cot: bool = True
     """The model reasons before it answers (``False``: trained on answers alone)."""
+    state_budget: bool = False
+    """State a request's ``options.reasoning_budget`` in the prompt ("Think for at most N tokens."), as a model
+    trained with GRPO's ``target_length`` was asked; requests without a budget are asked as usual."""
     host: str = "127.0.0.1"
     """Address to listen on (``0.0.0.0`` in a container)."""
     port: Annotated[int, Field(ge=0, le=65535)] = 8080

@@ -302,6 +302,7 @@ class Extractor:
         prompt: PromptStyle = "rner",
         with_cot: bool = True,
         reasoning_budget: int | None = None,
+        state_budget: bool = False,
     ) -> None:
         if prompt not in PROMPT_STYLES:
             raise ExtractError(f"unknown prompt {prompt!r} (known: {', '.join(PROMPT_STYLES)})")
@@ -310,6 +311,10 @@ class Extractor:
         self.with_cot = with_cot
         check_budget(reasoning_budget, with_cot=with_cot)
         self.reasoning_budget = reasoning_budget
+        if state_budget and reasoning_budget is None:
+            raise ExtractError("state_budget: give reasoning_budget, the budget to state in the prompt")
+        # A model trained with a stated target length (GRPO's target_length) is asked with its budget stated.
+        self.stated_budget = reasoning_budget if state_budget else None
         # Generation ends where the answer object closes: nothing after it is read.
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=ANSWER_STOPS)
         self.context_tokens = context_tokens
@@ -384,8 +389,9 @@ class Extractor:
 
     def messages(self, text: str, labels: Sequence[str], definitions: Definitions = ()) -> list[Message]:
         """The request for one chunk, in the instruction the extractor asks with."""
+        meanings = dict(definitions) or None
         return ner_messages(
-            text, labels, prompt=self.prompt, with_cot=self.with_cot, definitions=dict(definitions) or None
+            text, labels, prompt=self.prompt, with_cot=self.with_cot, definitions=meanings, budget=self.stated_budget
         )
 
     def chunks(self, text: str, labels: tuple[str, ...], definitions: Definitions = ()) -> list[Span]:
@@ -620,6 +626,14 @@ def cli_extract(
         int | None,
         typer.Option(help="Most tokens of thinking per chunk, then the answer in up to --max-tokens (0: none)."),
     ] = None,
+    state_budget: Annotated[
+        bool,
+        typer.Option(
+            "--state-budget",
+            help='Also state --reasoning-budget in the prompt ("Think for at most N tokens."), as a model trained '
+            "with GRPO's target_length was asked.",
+        ),
+    ] = False,
     definitions_path: Annotated[
         Path | None,
         typer.Option(
@@ -647,6 +661,7 @@ def cli_extract(
         typer.echo(f"{model} was trained on answers alone (with_cot: false): asking for the answer alone", err=True)
     options = {"max_tokens": max_tokens, "context_tokens": context, "tokenizer": tokenizer, "concurrency": concurrency}
     options |= {"prompt": prompt, "with_cot": not answer_only, "reasoning_budget": reasoning_budget}
+    options |= {"state_budget": state_budget}
     with Extractor(spec, **options) as extractor, progress_bar("extracting") as bar:  # type: ignore[arg-type]
         results = extractor.extract(items, schema, definitions=definitions, progress=bar)
     lines = "".join(

@@ -115,6 +115,7 @@ def make_extractor(config: ServeConfig, reasoning_budget: int | None = None) -> 
             prompt=config.prompt,
             with_cot=config.with_cot,
             reasoning_budget=reasoning_budget,
+            state_budget=config.state_budget and reasoning_budget is not None,
         )
     except BudgetError as e:
         raise ServiceError(422, f"options.{e}", "invalid") from None

@@ -145,6 +145,24 @@ def test_definitions_go_into_the_prompt_under_their_types(extractor: Extractor, 
         paper.extract([text], ["person"], definitions={"person": "a human"})
 
 
+def test_a_stated_budget_is_in_the_prompt_of_the_extractor_and_the_service(
+    extractor: Extractor, server: FaultServer
+) -> None:
+    from schemas import ServeConfig
+    from tasks.service import make_extractor
+
+    options = {"tokenizer": extractor.tokenizer_ref, "context_tokens": CONTEXT}
+    stated = Extractor(server.endpoint, reasoning_budget=16, state_budget=True, **options)
+    assert stated.messages("Ada Vex.", ["person"])[-1]["content"].endswith("\n\nThink for at most 16 tokens.")
+    forced = Extractor(server.endpoint, reasoning_budget=16, **options)
+    assert "Think for" not in forced.messages("A.", ["x"])[-1]["content"]  # budget forcing alone does not state it
+    with pytest.raises(ExtractError, match=r"^state_budget: give reasoning_budget"):
+        Extractor(server.endpoint, state_budget=True, **options)
+    service = ServeConfig(server=server.endpoint, state_budget=True, **options)
+    assert "Think for at most 8 tokens." in make_extractor(service, 8).messages("A.", ["x"])[-1]["content"]
+    assert "Think for" not in make_extractor(service).messages("A.", ["x"])[-1]["content"]  # a request without one
+
+
 def test_the_command_line_puts_definitions_from_a_file_into_the_prompt(
     server: FaultServer, default_model: Path, tmp_path: Path
 ) -> None:
