@@ -153,25 +153,29 @@ def grpo_arguments(config: GRPOConfig, device: Device, workdir: Path, server_url
     }
 
 
-def reward_functions(config: GRPOConfig) -> list[Callable[..., list[float]]]:
-    """The rewards, in the order of ``reward_weights``: F1 (with ``empty_match_f1``), schema, and the length
-    penalty when it is weighted, or the target-length one when ``target_length`` is set."""
-    rewards = [partial(f1_reward, empty_match=config.empty_match_f1), schema_reward]
+def weighted_rewards(config: GRPOConfig) -> list[tuple[Callable[..., list[float]], float]]:
+    """Each reward with its weight: F1 (with ``empty_match_f1``), schema, and the length penalty when it is
+    weighted, or the target-length one when ``target_length`` is set."""
+    rewards = [
+        (partial(f1_reward, empty_match=config.empty_match_f1), config.f1_reward_weight),
+        (schema_reward, config.schema_reward_weight),
+    ]
     if config.length_reward_weight > 0:
-        rewards.append(partial(length_reward, empty_match=config.empty_match_f1))
+        rewards.append((partial(length_reward, empty_match=config.empty_match_f1), config.length_reward_weight))
     if config.target_length is not None:
-        rewards.append(partial(target_length_reward, mode=config.target_length.mode))
+        target = config.target_length
+        rewards.append((partial(target_length_reward, mode=target.mode), target.weight))
     return rewards
+
+
+def reward_functions(config: GRPOConfig) -> list[Callable[..., list[float]]]:
+    """The rewards, in the order of ``reward_weights``."""
+    return [reward for reward, _ in weighted_rewards(config)]
 
 
 def reward_weights(config: GRPOConfig) -> list[float]:
     """The weights of ``reward_functions``, in their order."""
-    weights = [config.f1_reward_weight, config.schema_reward_weight]
-    if config.length_reward_weight > 0:
-        weights.append(config.length_reward_weight)
-    if config.target_length is not None:
-        weights.append(config.target_length.weight)
-    return weights
+    return [weight for _, weight in weighted_rewards(config)]
 
 
 def run(
