@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
@@ -561,35 +562,44 @@ class FakeApi(BaseHTTPRequestHandler):
         self.reply({"kind": "Status", "status": "Success"})
 
 
-def use_kubeconfig(port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point the kubernetes client's default kubeconfig at a scripted API server on ``port`` (context ``fake``)."""
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-        "current-context": "fake",
-    }
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+@contextmanager
+def fake_clusters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[ThreadingHTTPServer], None]]:
+    """``serve(server)`` starts a scripted API server and points the kubernetes client's default kubeconfig at it
+    (context ``fake``); every server started is stopped when the block ends."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def serve(server: ThreadingHTTPServer) -> None:
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+            "current-context": "fake",
+        }
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+
+    try:
+        yield serve
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FakeCluster]]:
-    servers: list[FakeCluster] = []
+    with fake_clusters(tmp_path, monkeypatch) as serve:
 
-    def start(script: Script, log: list[str], other_log: str = "") -> FakeCluster:
-        server = FakeCluster(script, log, other_log)
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        use_kubeconfig(server.server_port, tmp_path, monkeypatch)
-        return server
+        def start(script: Script, log: list[str], other_log: str = "") -> FakeCluster:
+            server = FakeCluster(script, log, other_log)
+            serve(server)
+            return server
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 FAST = KubernetesJob(namespace="ml", context="fake", poll_s=0.05)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from test_kubernetes import use_kubeconfig
+from test_kubernetes import fake_clusters
 
 from flows.kubernetes_service import CONFIG_HASH_ANNOTATION, ServiceDeployment, service_manifests
 from flows.serve_rollout import EVALUATION_ANNOTATION, roll_out, serve_rollout
@@ -155,19 +154,14 @@ def api_down_once(cluster: FakeCluster) -> dict[str, Any] | None:
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Status], FakeCluster]]:
-    servers: list[FakeCluster] = []
+    with fake_clusters(tmp_path, monkeypatch) as serve:
 
-    def start(status: Status) -> FakeCluster:
-        server = FakeCluster(status)
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        use_kubeconfig(server.server_port, tmp_path, monkeypatch)
-        return server
+        def start(status: Status) -> FakeCluster:
+            server = FakeCluster(status)
+            serve(server)
+            return server
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 @pytest.fixture
