@@ -567,7 +567,8 @@ def _api_message(e: ApiException) -> str:
         return f"{e.status} {e.reason}"
 
 
-def _api_error(e: Exception) -> str:
+def api_error(e: Exception) -> str:
+    """A failed API call in one line: the API's own message for an ``ApiException``, else the error's text."""
     return _api_message(e) if isinstance(e, ApiException) else str(e)
 
 
@@ -666,7 +667,7 @@ class _Cluster:
                 _request_timeout=API_TIMEOUT,
             )
         except (ApiException, urllib3.exceptions.HTTPError) as e:
-            return [f"(no log of {pod}: {_api_error(e)})"]
+            return [f"(no log of {pod}: {api_error(e)})"]
         return response.data.decode("utf-8", "replace").splitlines()
 
     def delete(self) -> None:
@@ -781,10 +782,10 @@ class _Watch:
                 seen = self.cluster.observe()
             except (ApiException, urllib3.exceptions.HTTPError) as e:
                 if not _transient(e):
-                    raise self.failure(f"the Kubernetes API refused to tell: {_api_error(e)}") from None
+                    raise self.failure(f"the Kubernetes API refused to tell: {api_error(e)}") from None
                 outage = outage or time.monotonic()
                 if time.monotonic() - outage > API_OUTAGE_S:
-                    raise self.failure(f"lost the Kubernetes API for {API_OUTAGE_S:.0f} s: {_api_error(e)}") from None
+                    raise self.failure(f"lost the Kubernetes API for {API_OUTAGE_S:.0f} s: {api_error(e)}") from None
                 self._drain(self.backend.poll_s)
                 continue
             outage = None

@@ -32,7 +32,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prefect import flow, get_run_logger
 
-from flows.kubernetes_jobs import API_TIMEOUT, _api_error, api_client
+from flows.kubernetes_jobs import API_TIMEOUT, api_client, api_error
 from flows.kubernetes_service import CONFIG_FILE, CONFIG_HASH_ANNOTATION, CONTAINER
 from schemas.base import config_hash
 from schemas.jobs import KubernetesJob
@@ -82,7 +82,7 @@ class _Service:
         try:
             return self.apps.read_namespaced_deployment(self.name, self.namespace, _request_timeout=API_TIMEOUT)
         except ApiException as e:
-            raise RolloutError(f"{self}: cannot read it: {_api_error(e)}") from None
+            raise RolloutError(f"{self}: cannot read it: {api_error(e)}") from None
 
     def served(self, deployment: client.V1Deployment) -> ServeConfig:
         """The ``ServeConfig`` the pods run: the mounted ConfigMap's, with the command's ``--model``."""
@@ -95,7 +95,7 @@ class _Service:
             source = f"ConfigMap {self.namespace}/{maps[0]} {CONFIG_FILE}"
             serve = build_config(ServeConfig, yaml.safe_load((config_map.data or {}).get(CONFIG_FILE) or "{}"), source)
         except ApiException as e:
-            raise RolloutError(f"{self}: cannot read its ConfigMap {maps[0]}: {_api_error(e)}") from None
+            raise RolloutError(f"{self}: cannot read its ConfigMap {maps[0]}: {api_error(e)}") from None
         except (ConfigError, yaml.YAMLError) as e:
             raise RolloutError(str(e)) from None
         model = model_option(_container(template, str(self)).command or [])
@@ -111,7 +111,7 @@ class _Service:
         try:
             self.apps.patch_namespaced_deployment(self.name, self.namespace, body, _request_timeout=API_TIMEOUT)
         except ApiException as e:
-            raise RolloutError(f"{self}: cannot patch it: {_api_error(e)}") from None
+            raise RolloutError(f"{self}: cannot patch it: {api_error(e)}") from None
 
     def wait(self, timeout_s: float) -> str | None:
         """``None`` once every replica serves the patched template, else why it never will."""
